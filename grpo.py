@@ -1,0 +1,229 @@
+"""GRPO with token-level credit: the gamma-weighted clipped surrogate of eq. (5)/(11).
+
+Three pieces:
+  group_advantages  eq. (10): reward standardised within each prompt group, one advantage per sequence.
+  policy_loss       -J of eq. (5)/(11): clipped (and dual-clipped) ratio * advantage, times the token credit
+                    gamma_{i,t}, averaged over each sequence's response tokens, then over sequences.
+  token_logprobs    log pi(y_t | y_<t) of a causal LM, computed chunk by chunk over the sequence so that the
+                    float32 [B, T, V] log-softmax is never materialised.
+
+Alignment convention: token_logprobs returns [B, T-1], column t = log-prob of token t+1. Everything that
+policy_loss multiplies with it (gamma, response_mask) must be sliced the same way: `x[:, 1:]`.
+
+The credit strategies that produce gamma [B, T] from a rollout live at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+
+# --------------------------------------------------------------------------------------------------
+# eq. (10): group-relative advantages
+# --------------------------------------------------------------------------------------------------
+
+def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Tensor:
+    """eq. (10): A_i = (r_i - mean(r_group)) / (std(r_group) + eps), one advantage per sequence.
+
+    rewards: [N] with N = n_prompts * group_size, grouped as in rollout.generate (rows i*G .. i*G+G-1
+    belong to prompt i). Returns float32 [N].
+
+    std is the POPULATION standard deviation (divide by G, not G-1): eq. (10) writes std({r_j}), the
+    spread of the group's own rewards, and with it every non-constant group has mean(A^2) = 1 exactly,
+    whatever G. (TRL uses the sample std; for G = 8 that only shrinks A by sqrt(7/8), about 6.5%.)
+    A group whose rewards are all equal carries no learning signal: its numerator is exactly 0, so its
+    advantages are exactly 0 (eps only guards the division).
+    """
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"group_size={group_size} must be >= 1 and divide the number of rewards {rewards.numel()}")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("rewards contain NaN or inf")
+    r = rewards.float().view(-1, group_size)                        # [P, G]
+    centred = r - r.mean(dim=1, keepdim=True)                        # [P, G]
+    std = r.std(dim=1, unbiased=False, keepdim=True)                 # [P, 1] population std
+    return (centred / (std + eps)).view(-1)                          # [N]
+
+
+# --------------------------------------------------------------------------------------------------
+# eq. (5)/(11): the gamma-weighted clipped surrogate
+# --------------------------------------------------------------------------------------------------
+
+def policy_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    gamma: Tensor,
+    response_mask: Tensor,
+    clip_eps: float = 0.2,
+    dual_clip: float | None = 3.0,
+    adv_clip: float | None = 2.0,
+    *,
+    aggregation: str = "seq-mean",
+    ref_logp: Tensor | None = None,
+    kl_coef: float = 0.0,
+    entropy: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """-J(theta) of eq. (5)/(11); returns (scalar loss to minimise, statistics).
+
+    Per response token (i, t), with r = exp(logp - old_logp) and A = clamp(A_i, -adv_clip, adv_clip):
+        j_{i,t} = gamma_{i,t} * min(r * A, clip(r, 1 - clip_eps, 1 + clip_eps) * A)
+    Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"; ROLL, which the paper
+    trains with, uses it): for A < 0 the min is floored at dual_clip * A, so a token whose ratio has run away
+    (r > dual_clip) cannot produce an unbounded negative objective. 3.0 is the constant of that paper and the
+    usual default of RL libraries (verl's clip_ratio_c, ROLL's dual-clip loss); None switches it off.
+    The advantage is clipped before gamma multiplies it, so gamma = 1.5 on a clipped A = 2 gives 3.
+    Since gamma > 0, gamma * min(rA, clip(r)A) = min(r * gamma A, clip(r) * gamma A): weighting the term, as in
+    eq. (5), and scaling the advantage, as the paper's appendix C.2 describes, are the same thing.
+
+    aggregation:
+        "seq-mean"   eq. (5): (1/G) sum_i (1/N_i) sum_t j_{i,t}; a row with no response token adds 0.
+        "token-mean" DAPO: sum_{i,t} j_{i,t} / sum_i N_i.
+    Optional KL (off by default, as in the paper): with ref_logp and kl_coef > 0, kl_coef * k3 is subtracted
+    per token, k3 = exp(ref - logp) - (ref - logp) - 1 >= 0 (Schulman's unbiased, positive estimator).
+
+    Shapes: logp, old_logp, gamma, response_mask, ref_logp, entropy: [B, L] token-aligned (L = T-1 when
+    logp comes from token_logprobs: pass gamma[:, 1:] and response_mask[:, 1:]); advantages: [B].
+    Positions outside response_mask contribute nothing, whatever logp holds there.
+    """
+    if aggregation not in ("seq-mean", "token-mean"):
+        raise ValueError(f"aggregation must be 'seq-mean' or 'token-mean', got {aggregation!r}")
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [B, L], got shape {tuple(logp.shape)}")
+    named = {"old_logp": old_logp, "gamma": gamma, "response_mask": response_mask}
+    if ref_logp is not None:
+        named["ref_logp"] = ref_logp
+    if entropy is not None:
+        named["entropy"] = entropy
+    for name, x in named.items():
+        if x.shape != logp.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)} but logp has {tuple(logp.shape)}; token_logprobs returns "
+                "[B, T-1], so slice [B, T] masks and gamma with [:, 1:]")
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [B] = [{logp.shape[0]}], got shape {tuple(advantages.shape)}")
+    if not 0 < clip_eps < 1:
+        raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps}")
+    if dual_clip is not None and dual_clip <= 1:
+        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
+    if kl_coef and ref_logp is None:
+        raise ValueError("kl_coef > 0 needs ref_logp")
+
+    mask = response_mask.bool()                                       # [B, L]
+    m = mask.float()
+    n_tok = m.sum(dim=1)                                              # [B] N_i
+    if not torch.isfinite(advantages).all() or not torch.isfinite(gamma[mask]).all():
+        raise ValueError("advantages or gamma contain NaN or inf")
+
+    adv = advantages.float()
+    if adv_clip is not None:
+        adv = adv.clamp(-adv_clip, adv_clip)
+    adv = adv[:, None]                                                # [B, 1]
+    # Zero the log-ratio outside the response before exp, so garbage there can't become inf * 0 = NaN.
+    log_ratio = torch.where(mask, logp.float() - old_logp.float(), torch.zeros_like(m))
+    ratio = log_ratio.exp()                                           # [B, L]
+    surr = torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)   # [B, L]
+    if dual_clip is not None:
+        dual = (adv < 0) & (surr < dual_clip * adv)                   # [B, L] floor active
+        surr = torch.where(dual, dual_clip * adv.expand_as(surr), surr)
+    else:
+        dual = torch.zeros_like(mask)
+    per_token = gamma.float() * surr                                  # [B, L]  j_{i,t}
+    kl = None
+    if ref_logp is not None:
+        d = torch.where(mask, ref_logp.float() - logp.float(), torch.zeros_like(m))
+        kl = d.exp() - d - 1                                          # [B, L] k3 >= 0
+        per_token = per_token - kl_coef * kl
+    per_token = torch.where(mask, per_token, torch.zeros_like(m))    # padding contributes nothing
+
+    if aggregation == "seq-mean":
+        objective = (per_token.sum(dim=1) / n_tok.clamp(min=1)).mean()
+    else:
+        objective = per_token.sum() / n_tok.sum().clamp(min=1)
+
+    with torch.no_grad():
+        total = n_tok.sum().clamp(min=1)
+        # clip active (zero gradient): A > 0 with r above 1 + eps, or A < 0 with r below 1 - eps
+        clipped = ((adv > 0) & (ratio > 1 + clip_eps)) | ((adv < 0) & (ratio < 1 - clip_eps))
+        stats = {
+            "clip_frac": float((clipped & mask).sum() / total),
+            "dual_clip_frac": float((dual & mask).sum() / total),
+            "ratio_mean": float((ratio * m).sum() / total),
+            "ratio_max": float(ratio[mask].max()) if mask.any() else 1.0,
+            "gamma_mean": float(gamma[mask].float().sum() / total),
+        }
+        if kl is not None:
+            stats["kl"] = float((kl * m).sum() / total)
+        if entropy is not None:
+            stats["entropy"] = float(entropy[mask].float().sum() / total)
+    return -objective, stats
+
+
+# --------------------------------------------------------------------------------------------------
+# per-token log-probabilities, chunked over the sequence
+# --------------------------------------------------------------------------------------------------
+
+def _chunk_logprobs(hidden: Tensor, targets: Tensor, lm_head: torch.nn.Module, temperature: float,
+                    with_entropy: bool) -> tuple[Tensor, Tensor]:
+    """log p(target) and entropy for one chunk: hidden [B, C, H], targets [B, C] -> ([B, C], [B, C])."""
+    logits = lm_head(hidden).float() / temperature                    # [B, C, V] only this chunk
+    lse = logits.logsumexp(dim=-1)                                    # [B, C]
+    logp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse    # [B, C]
+    if not with_entropy:
+        return logp, torch.zeros_like(logp)
+    probs = (logits - lse[..., None]).exp()                           # [B, C, V]
+    return logp, lse - (probs * logits).sum(dim=-1)                   # H = lse - E_p[logit]
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    temperature: float = 1.0,
+    *,
+    chunk_size: int = 256,
+    return_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """log pi(x_{t+1} | x_<=t) / temperature-scaled, for a Hugging Face causal LM: [B, T-1] float32.
+
+    Runs the decoder once, then applies the LM head chunk_size positions at a time: logits -> logsumexp and
+    gather per chunk, so only a [B, chunk, V] float32 block exists at once instead of the [B, T, V] logits
+    and their float32 log-softmax copy. Under autograd each chunk is checkpointed (recomputed in backward),
+    so the backward pass does not keep every chunk's logits either.
+    With return_entropy, also the entropy of the (tempered) next-token distribution at each position,
+    [B, T-1], computed in the same pass; column t is the entropy of the distribution token t+1 was drawn from.
+    Position ids follow the attention mask (cumsum - 1), as in generate(), so left padding is handled.
+    Values at padded positions are finite but meaningless: mask them.
+    """
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask {tuple(attention_mask.shape)} "
+                         "must both be [B, T]")
+    if input_ids.shape[1] < 2:
+        raise ValueError("need at least 2 positions to score a next token")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError("models with final logit softcapping are not supported (the LM head is applied directly)")
+
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)   # [B, T]
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids).last_hidden_state     # [B, T, H]
+    hidden, targets = hidden[:, :-1], input_ids[:, 1:]                 # [B, T-1, H], [B, T-1]
+    lm_head = model.get_output_embeddings()
+    logps, ents = [], []
+    for s in range(0, targets.shape[1], chunk_size):
+        args = (hidden[:, s:s + chunk_size], targets[:, s:s + chunk_size], lm_head, temperature, return_entropy)
+        if torch.is_grad_enabled():
+            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(*args)
+        logps.append(lp)
+        ents.append(ent)
+    logp = torch.cat(logps, dim=1)                                     # [B, T-1]
+    return (logp, torch.cat(ents, dim=1)) if return_entropy else logp
