@@ -41,8 +41,8 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Ten
     std is the POPULATION standard deviation (divide by G, not G-1): eq. (10) writes std({r_j}), the
     spread of the group's own rewards, and with it every non-constant group has mean(A^2) = 1 exactly,
     whatever G. (TRL uses the sample std; for G = 8 that only shrinks A by sqrt(7/8), about 6.5%.)
-    A group whose rewards are all equal carries no learning signal: its numerator is exactly 0, so its
-    advantages are exactly 0 (eps only guards the division).
+    A group whose rewards are all equal carries no learning signal and gets exactly 0 (tested directly, not
+    through the numerator, which rounding can leave at 1e-8 with an equally tiny std).
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
@@ -53,7 +53,8 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Ten
     r = rewards.float().view(-1, group_size)                        # [P, G]
     centred = r - r.mean(dim=1, keepdim=True)                        # [P, G]
     std = r.std(dim=1, unbiased=False, keepdim=True)                 # [P, 1] population std
-    return (centred / (std + eps)).view(-1)                          # [N]
+    constant = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)   # [P, 1] float mean may be off by an ulp
+    return torch.where(constant, 0.0, centred / (std + eps)).view(-1)       # [N]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ def test_group_advantages_hand_computed_population_std():
     expect = torch.tensor([math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3), 0, 0, 0, 0])
     torch.testing.assert_close(a, expect, atol=1e-5, rtol=1e-5)
     assert torch.equal(a[4:], torch.zeros(4))
+    # equal rewards whose float mean is not exact (7 * 0.1) still give exactly 0
+    assert torch.equal(grpo.group_advantages(torch.full((7,), 0.1), 7), torch.zeros(7))
     # population std: every non-constant group has mean(A^2) = 1 (up to eps)
     g = grpo.group_advantages(torch.rand(5 * 8, generator=torch.Generator().manual_seed(0)), 8).view(5, 8)
     torch.testing.assert_close((g ** 2).mean(1), torch.ones(5), atol=1e-4, rtol=0)
