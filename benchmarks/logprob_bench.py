@@ -6,7 +6,9 @@ runs in a fresh subprocess so peaks don't mix:
   chunked  grpo.token_logprobs(..., chunk_size=C)                   [B, C, V] at a time, checkpointed
   modes: "no_grad" (old / reference log-probs) and "train" (forward + backward of sum(logp)).
 Peak memory: on CUDA torch.cuda.max_memory_allocated; on CPU the rise of the process's peak resident set
-(ru_maxrss) over its resident size just before the measured call (approximate: includes allocator slack).
+(ru_maxrss) over its resident size just before the measured call. The CPU children run with glibc's mmap
+threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_): with the default dynamic threshold, freed blocks below
+32 MiB stay in the heap and the RSS peak measures allocator slack (chunk 32 then "costs" 900 MiB, not 170).
 
     python benchmarks/logprob_bench.py                      # V=65536, T=1024, B=2 on CPU: about a minute
     python benchmarks/logprob_bench.py --vocab 151936 --seq 2048 --batch 4 --device cuda
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -102,7 +105,8 @@ def main() -> None:
     for mode in ("no_grad", "train"):
         for variant in ("naive", "chunked"):
             cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant, "--mode", mode]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576"}
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             r = json.loads(out.strip().splitlines()[-1])
             print(f"{mode:8s} {variant:8s} {r['peak_mib']:9.0f} {r['seconds']:8.2f}")
 
