@@ -501,6 +501,9 @@ def test_flow_mass_thresholds_hand_computed(monkeypatch):
     for p, idx in expect.items():
         gam = grpo.credit_gamma(f"flow-mass{p}", r)
         assert (gam[0] == 1.5).nonzero().flatten().tolist() == [P + i for i in idx], p
+    # exact boundary: throughputs 1 2 0 2 0 (total 5); the first 2 alone is exactly 40%, so it suffices
+    tau[0, P:] = torch.tensor([1.0, 2.0, 0.0, 2.0, 0.0])
+    assert (grpo.credit_gamma("flow-mass40", r)[0] == 1.5).nonzero().flatten().tolist() == [P + 1]
 
 
 @pytest.mark.parametrize("mass", [20, 40, 60, 80])
