@@ -9,11 +9,15 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import multiprocessing
+import multiprocessing.connection
 import re
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from fractions import Fraction
+from typing import Sequence
 
 from math_verify import LatexExtractionConfig, parse, verify
 
@@ -93,14 +97,16 @@ def _last_line_span(response: str) -> tuple[int, int] | None:
 def answer_span(response: str, fallback: str | None = "last_line") -> tuple[int, int] | None:
     """Character span [start, end) of the final answer region of a response.
 
-    In order: the inside of the last complete \\boxed{...} / \\fbox{...} (see `boxed_span`); else
-    the inside of the last <answer>...</answer> tag (the Countdown / TinyZero format); else the
-    fallback: "last_line" (default) gives the last non-empty line, None gives None.
-    rollout.py turns the span into the answer token mask through the tokenizer's offsets.
+    The inside of the last complete \\boxed{...} / \\fbox{...} (see `boxed_span`) or of the last
+    <answer>...</answer> tag (the Countdown / TinyZero format), whichever comes last; a box inside
+    the tag wins over the tag. Without either, the fallback: "last_line" (default) gives the last
+    non-empty line, None gives None. rollout.py turns the span into the answer token mask
+    through the tokenizer's offsets.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"answer_span: fallback must be one of {FALLBACKS}, got {fallback!r}")
-    span = boxed_span(response) or _answer_tag_span(response)
+    box, tag = boxed_span(response), _answer_tag_span(response)
+    span = tag if box is None or (tag is not None and box[1] < tag[0]) else box
     if span is None and fallback == "last_line":
         span = _last_line_span(response)
     return span
@@ -304,3 +310,260 @@ def gold_of(row: dict):
     if "solution" in row and (span := boxed_span(row["solution"])):
         return row["solution"][span[0] : span[1]]
     raise KeyError(f"gold_of: no known gold field in a row with keys {sorted(row)}")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Countdown (TinyZero protocol)
+# ---------------------------------------------------------------------------------------------
+
+MAX_EXPRESSION_CHARS = 200
+_TOKEN = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
+_OPERATOR_SPELLINGS = {"\\times": "*", "\\cdot": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/",
+                       "\\left": "", "\\right": "", "−": "-"}
+
+
+class ExpressionError(ValueError):
+    """A Countdown answer that is not an arithmetic expression over integers with + - * / ( )."""
+
+
+def parse_arithmetic(text: str) -> tuple[Fraction, list[int]]:
+    """Exact value and integer literals of an expression with + - * / and parentheses.
+
+    Recursive descent, never eval: expr := term (('+'|'-') term)*, term := factor (('*'|'/')
+    factor)*, factor := INT | '(' expr ')'. No unary minus, no decimals (Countdown numbers are
+    positive integers). Raises ExpressionError on anything else, including division by zero.
+    """
+    for spelled, op in _OPERATOR_SPELLINGS.items():
+        text = text.replace(spelled, op)
+    if len(text) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(f"longer than {MAX_EXPRESSION_CHARS} chars")
+    tokens, pos = [], 0
+    for m in _TOKEN.finditer(text):
+        if m.start() != pos:
+            break
+        tokens.append(m.group(1) or m.group(2))
+        pos = m.end()
+    if text[pos:].strip():
+        raise ExpressionError(f"unexpected text at {text[pos:pos + 20]!r}")
+    literals: list[int] = []
+    i = 0
+
+    def peek() -> str | None:
+        return tokens[i] if i < len(tokens) else None
+
+    def factor(depth: int) -> Fraction:
+        nonlocal i
+        tok = peek()
+        if depth > 50:
+            raise ExpressionError("parentheses nested too deeply")
+        if tok is not None and tok.isdigit():
+            i += 1
+            literals.append(int(tok))
+            return Fraction(int(tok))
+        if tok == "(":
+            i += 1
+            value = expr(depth + 1)
+            if peek() != ")":
+                raise ExpressionError("unbalanced parentheses")
+            i += 1
+            return value
+        raise ExpressionError(f"expected a number or '(', got {tok!r}")
+
+    def term(depth: int) -> Fraction:
+        nonlocal i
+        value = factor(depth)
+        while peek() in ("*", "/"):
+            op = tokens[i]
+            i += 1
+            rhs = factor(depth)
+            if op == "/" and rhs == 0:
+                raise ExpressionError("division by zero")
+            value = value * rhs if op == "*" else value / rhs
+        return value
+
+    def expr(depth: int) -> Fraction:
+        nonlocal i
+        value = term(depth)
+        while peek() in ("+", "-"):
+            op = tokens[i]
+            i += 1
+            rhs = term(depth)
+            value = value + rhs if op == "+" else value - rhs
+        return value
+
+    value = expr(0)
+    if i != len(tokens):
+        raise ExpressionError(f"unexpected {tokens[i]!r}")
+    return value, literals
+
+
+def countdown_reward(response: str, numbers: Sequence[int], target: int | float) -> float:
+    """1.0 when the final answer (see `answer_span`: the last <answer>...</answer> as TinyZero asks,
+    or a \\boxed{} inside or after it) is an expression using every number of `numbers` exactly
+    once with + - * / and parentheses whose exact value is within 1e-6 of `target`, else 0.0."""
+    if not numbers or any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+        raise TypeError(f"countdown_reward: numbers must be a non-empty list of ints, got {numbers!r}")
+    span = answer_span(response, fallback=None)
+    if span is None:
+        return 0.0
+    try:
+        value, literals = parse_arithmetic(response[span[0] : span[1]])
+    except ExpressionError:
+        return 0.0
+    if sorted(literals) != sorted(numbers):
+        return 0.0
+    return float(abs(value - Fraction(target)) < Fraction(1, 10**6))
+
+
+def solve_countdown(numbers: Sequence[int], target: int) -> str | None:
+    """A fully parenthesised expression over all `numbers` equal to `target`, or None.
+
+    Brute force: repeatedly replace two of the remaining values by a+b, a-b, b-a, a*b, a/b, b/a
+    (exact fractions); that reaches every binary expression tree over the numbers.
+    """
+    def search(items: list[tuple[Fraction, str]]) -> str | None:
+        if len(items) == 1:
+            return items[0][1] if items[0][0] == target else None
+        for a in range(len(items)):
+            for b in range(a + 1, len(items)):
+                (x, ex), (y, ey) = items[a], items[b]
+                rest = [items[k] for k in range(len(items)) if k not in (a, b)]
+                options = [(x + y, f"({ex} + {ey})"), (x * y, f"({ex} * {ey})"),
+                           (x - y, f"({ex} - {ey})"), (y - x, f"({ey} - {ex})")]
+                options += [(x / y, f"({ex} / {ey})")] if y else []
+                options += [(y / x, f"({ey} / {ex})")] if x else []
+                for option in options:
+                    if (found := search(rest + [option])) is not None:
+                        return found
+        return None
+
+    found = search([(Fraction(n), str(n)) for n in numbers])
+    return None if found is None else (found[1:-1] if len(numbers) > 1 else found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multiple choice (CrossThinkQA)
+# ---------------------------------------------------------------------------------------------
+
+_GOLD_LETTER = re.compile(r"\s*\(?([A-Z])\)?(?:\s*[:.)]|\s*$)")
+_PRED_LETTER = re.compile(r"\s*(?:\\text(?:bf)?\s*\{)?\s*\(?([A-Za-z])\)?\s*(?:[:.)}]|$)")
+
+
+def choice_reward(response: str, gold: str) -> float:
+    """1.0 when the final answer (`answer_span`, no fallback) names the gold option letter.
+
+    gold is a letter ("F") or a CrossThinkQA ground truth "F: option text". The answer may read
+    "F", "(F)", "\\text{F}", "F: option text" or "f"; anything else scores 0.
+    """
+    m = _GOLD_LETTER.match(gold) if isinstance(gold, str) else None
+    if m is None:
+        raise ValueError(f"choice_reward: gold must start with an option letter, got {gold!r}")
+    span = answer_span(response, fallback=None)
+    pred = _PRED_LETTER.match(response, span[0], span[1]) if span else None
+    return float(pred is not None and pred.group(1).upper() == m.group(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batched scoring in a process pool
+# ---------------------------------------------------------------------------------------------
+
+ITEM_TIMEOUT_S = 2.0  # hard wall-clock limit per item in score_batch; the worker is killed past it
+WORKER_MEMORY_BYTES = 4 * 2**30  # address-space cap of a worker: runaway big-int work -> MemoryError
+
+
+def _countdown_from_gold(response: str, gold: dict) -> float:
+    return countdown_reward(response, gold["numbers"], gold["target"])
+
+
+# kind -> reward(response, gold); Countdown's gold is the TinyZero ground truth {"numbers", "target"}.
+REWARDS = {"math": math_reward, "countdown": _countdown_from_gold, "choice": choice_reward}
+
+
+def _worker(conn) -> None:
+    """Score (index, kind, response, gold) requests until None; reply (index, reward, error)."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    except (ImportError, ValueError, OSError):
+        pass
+    while (job := conn.recv()) is not None:
+        index, kind, response, gold = job
+        try:
+            conn.send((index, REWARDS[kind](response, gold), None))
+        except MemoryError:
+            conn.send((index, 0.0, None))
+        except Exception as e:  # a bad gold: reported to the caller, which raises it
+            conn.send((index, 0.0, f"{type(e).__name__}: {e}"))
+
+
+class _Worker:
+    def __init__(self, ctx):
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: int | None = None  # index of the item it is scoring
+        self.started = 0.0
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            self.conn.send(None)
+        self.process.join()
+        self.conn.close()
+
+
+def score_batch(kind: str, responses: Sequence[str], golds: Sequence, timeout_s: float = ITEM_TIMEOUT_S,
+                workers: int = 2) -> list[float]:
+    """Rewards of `responses` against `golds` with REWARDS[kind], scored in `workers` processes.
+
+    Each item gets `timeout_s` of wall clock from the moment a worker takes it; past that its
+    worker is killed, the item scores 0.0 and a fresh worker takes the remaining items, so one
+    pathological answer never blocks or crashes the others. A bad gold raises ValueError naming
+    the item. Workers come from a forkserver (fork-safe next to torch threads).
+    """
+    if kind not in REWARDS:
+        raise ValueError(f"score_batch: kind must be one of {sorted(REWARDS)}, got {kind!r}")
+    if len(responses) != len(golds):
+        raise ValueError(f"score_batch: {len(responses)} responses but {len(golds)} golds")
+    if timeout_s <= 0 or workers < 1:
+        raise ValueError(f"score_batch: need timeout_s > 0 and workers >= 1, got {timeout_s}, {workers}")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    rewards = [0.0] * len(responses)
+    todo = list(range(len(responses)))[::-1]
+    pool = [_Worker(ctx) for _ in range(min(workers, len(responses)))]
+    errors: list[str] = []
+    try:
+        while todo or any(w.job is not None for w in pool):
+            for w in pool:
+                if w.job is None and todo:
+                    w.job, w.started = todo.pop(), time.monotonic()
+                    w.conn.send((w.job, kind, responses[w.job], golds[w.job]))
+            busy = [w for w in pool if w.job is not None]
+            wait_s = max(0.0, min(w.started + timeout_s for w in busy) - time.monotonic())
+            ready = multiprocessing.connection.wait([w.conn for w in busy], timeout=wait_s)
+            for i, w in enumerate(pool):
+                if w.job is None:
+                    continue
+                if w.conn in ready:
+                    try:
+                        index, rewards[w.job], error = w.conn.recv()
+                        errors += [f"item {index}: {error}"] if error else []
+                        w.job = None
+                        continue
+                    except (EOFError, OSError):  # the worker died (a crash): the item scores 0
+                        pass
+                elif time.monotonic() - w.started < timeout_s:
+                    continue
+                w.stop(kill=True)  # stuck past timeout_s, or dead: the item scores 0
+                pool[i] = _Worker(ctx)
+    finally:
+        for w in pool:
+            w.stop(kill=w.job is not None)
+    if errors:
+        raise ValueError("score_batch: " + "; ".join(errors[:5]))
+    return rewards
