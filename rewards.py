@@ -488,6 +488,8 @@ def _worker(conn) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
     except (ImportError, ValueError, OSError):
         pass
+    math_reward("\\boxed{x+1}", "1+x")  # warm sympy's and the parser's lazy imports and caches
+    conn.send(None)  # ready: the parent starts an item's clock only from here on
     while (job := conn.recv()) is not None:
         index, kind, response, gold = job
         try:
@@ -504,6 +506,7 @@ class _Worker:
         self.process = ctx.Process(target=_worker, args=(child,), daemon=True)
         self.process.start()
         child.close()
+        self.ready = False  # warmed up (see _worker)
         self.job: int | None = None  # index of the item it is scoring
         self.started = 0.0
 
@@ -540,13 +543,20 @@ def score_batch(kind: str, responses: Sequence[str], golds: Sequence, timeout_s:
     try:
         while todo or any(w.job is not None for w in pool):
             for w in pool:
-                if w.job is None and todo:
+                if w.ready and w.job is None and todo:
                     w.job, w.started = todo.pop(), time.monotonic()
                     w.conn.send((w.job, kind, responses[w.job], golds[w.job]))
             busy = [w for w in pool if w.job is not None]
-            wait_s = max(0.0, min(w.started + timeout_s for w in busy) - time.monotonic())
-            ready = multiprocessing.connection.wait([w.conn for w in busy], timeout=wait_s)
+            wait_s = min((w.started + timeout_s for w in busy), default=math.inf) - time.monotonic()
+            waiting = [w.conn for w in pool if w.job is not None or not w.ready]
+            ready = multiprocessing.connection.wait(waiting, timeout=None if busy == [] else max(0.0, wait_s))
             for i, w in enumerate(pool):
+                if not w.ready and w.conn in ready:
+                    try:
+                        w.ready = w.conn.recv() is None
+                    except (EOFError, OSError) as e:
+                        raise RuntimeError("score_batch: a worker died while starting") from e
+                    continue
                 if w.job is None:
                     continue
                 if w.conn in ready:
