@@ -124,7 +124,8 @@ MATH_TIMEOUT_S = 1.0  # wall-clock budget of one math_reward call (main thread o
 
 _DIGITS = re.compile(r"\d+")
 _EXPONENT = re.compile(r"(?:\^|\*\*)\s*(\{|\()?")
-_FACTORIAL_ARG = re.compile(r"\d+\s*!$")
+_FACTORIAL_ARG = re.compile(r"\d+(?=\s*$)")
+_TOKEN_AFTER_CARET = re.compile(r"\d+|\\[A-Za-z]+|.", re.DOTALL)
 
 
 class _Deadline(BaseException):
@@ -157,7 +158,7 @@ def _deadline(seconds: float | None):
 def _group_end(text: str, start: int, opener: str | None) -> int:
     """Index just past the exponent operand that starts at `start` (after ^ or **)."""
     if opener is None:  # a single token: a digit run, a letter or a command name
-        m = re.compile(r"\d+|\\[A-Za-z]+|.").match(text, start)
+        m = _TOKEN_AFTER_CARET.match(text, start)
         return m.end() if m else start
     closer = {"{": "}", "(": ")"}[opener]
     depth = 1
@@ -215,8 +216,11 @@ def refuse_reason(answer: str) -> str | None:
         if _is_numeric_power(exponent) or _is_numeric_power(base) or _EXPONENT.match(answer, end):
             return "a power tower (a power of a power, or a chain a^b^c)"
     for m in re.finditer("!", answer):
-        arg = _base_before(answer, m.start()) or (_FACTORIAL_ARG.search(answer, 0, m.end()) or m).group(0)
-        if any(int(d) > 1000 for d in _DIGITS.findall(arg)) or _is_numeric_power(arg[:-1] if arg.endswith("!") else arg):
+        group = _base_before(answer, m.start())  # "(10^{10})" in (10^{10})!, "" in 100!
+        number = _FACTORIAL_ARG.search(answer[: m.start()])  # "100" in 100!
+        if _is_numeric_power(group) or any(int(d) > 1000 for d in _DIGITS.findall(group)) or (
+            number and int(number.group(0)) > 1000
+        ):
             return "a factorial of a huge number"
     return None
 
