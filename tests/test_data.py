@@ -1,0 +1,38 @@
+"""Tests of the synthetic arithmetic task (data.py): right answers, the wrong teacher, the trace format."""
+
+import random
+
+import data
+import rewards
+
+
+def test_answers_match_an_independent_evaluator():
+    task, rng = data.ArithmeticTask(), random.Random(0)
+    for _ in range(500):
+        numbers, ops = task.sample(rng)
+        value, literals = rewards.parse_arithmetic(data.expression(numbers, ops))  # precedence by grammar
+        assert literals == numbers
+        assert task.problem(numbers, ops).answer == str(value)
+
+
+def test_traces_are_verifiable_and_the_wrong_teacher_is_wrong_only_where_precedence_matters():
+    task, rng = data.ArithmeticTask(), random.Random(1)
+    differs = 0
+    for _ in range(500):
+        numbers, ops = task.sample(rng)
+        gold = task.problem(numbers, ops).answer
+        right, wrong = data.trace(numbers, ops), data.trace(numbers, ops, precedence=False)
+        assert rewards.math_reward(right, gold) == 1.0
+        assert right.endswith(f"\\boxed{{{gold}}}")
+        if not data.precedence_matters(ops):
+            assert wrong == right
+        elif rewards.math_reward(wrong, gold) == 0.0:
+            differs += 1
+    assert differs > 100  # the wrong procedure really gives wrong answers on many problems
+
+
+def test_hand_examples():
+    assert data.trace([3, 4, 2, 5], ["+", "*", "-"]) == "4*2=8\n3+8=11\n11-5=6\n\\boxed{6}"
+    assert data.trace([3, 4, 2, 5], ["+", "*", "-"], precedence=False) == "3+4=7\n7*2=14\n14-5=9\n\\boxed{9}"
+    assert data.precedence_matters(["+", "*"]) and not data.precedence_matters(["*", "+", "-"])
+    assert data.ArithmeticTask().problems(3, seed=7) == data.ArithmeticTask().problems(3, seed=7)

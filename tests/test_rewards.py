@@ -1,0 +1,408 @@
+"""Tests of rewards.py: answer region, math / Countdown / choice verifiers, hostile inputs, golds."""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import rewards  # noqa: E402
+from rewards import answer_span, choice_reward, countdown_reward, math_reward  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+
+
+def inside(response: str, **kw) -> str | None:
+    span = answer_span(response, **kw)
+    return None if span is None else response[span[0] : span[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# answer_span
+# ---------------------------------------------------------------------------------------------
+
+
+def test_answer_span_simple_offsets():
+    # "So \boxed{42}." : the 4 of 42 is at index 10 ("So " 3 chars + "\boxed{" 7 chars).
+    assert answer_span("So \\boxed{42}.") == (10, 12)
+
+
+def test_answer_span_nested_braces():
+    r = "x = \\boxed{\\frac{1}{2}} done"
+    assert inside(r) == "\\frac{1}{2}"
+    # escaped braces are literal, not grouping: the box closes at the last plain "}".
+    r = "\\boxed{\\{1, 2\\}}"
+    assert inside(r) == "\\{1, 2\\}"
+    # a LaTeX line break "\\" right before a brace does not escape the brace.
+    assert inside("\\boxed{a\\\\{b}}") == "a\\\\{b}"
+
+
+def test_answer_span_several_boxes_takes_last():
+    r = "first \\boxed{1}, then \\fbox{2}, finally \\boxed{3} and text"
+    assert inside(r) == "3"
+    # the outer box of a nested pair closes last, so it is the answer region.
+    assert inside("\\boxed{\\boxed{5}}") == "\\boxed{5}"
+    # a later box that never closes (truncated response) does not count.
+    assert inside("\\boxed{7} then \\boxed{8") == "7"
+
+
+def test_answer_span_box_inside_text():
+    r = "$\\text{the answer is \\boxed{12}}$"
+    assert inside(r) == "12"
+
+
+def test_answer_span_answer_tag_when_no_box():
+    r = "<think>try 1+2</think> <answer> (1 + 2) * 3 </answer>"
+    assert inside(r) == " (1 + 2) * 3 "
+    # a box wins over the tag
+    assert inside("<answer>\\boxed{9}</answer>") == "9"
+
+
+def test_answer_span_no_box_fallbacks():
+    r = "some reasoning\nthe answer is 7  \n\n  "
+    assert inside(r) == "the answer is 7"
+    assert answer_span(r, fallback=None) is None
+    # an empty box is no answer
+    assert answer_span("\\boxed{ }", fallback=None) is None
+    assert answer_span("   \n  ") is None
+    assert answer_span("") is None
+    with pytest.raises(ValueError, match="fallback"):
+        answer_span("x", fallback="first_line")
+
+
+def test_answer_span_linear_on_hostile_text():
+    # 20,000 unclosed boxes and 20,000 unclosed tags: must not go quadratic (no time assert, a
+    # quadratic scan here would take minutes and trip the suite's timeout).
+    r = "\\boxed{" * 20_000 + "<answer>" * 20_000
+    assert answer_span(r, fallback=None) is None
+    r = "\\boxed{" * 20_000 + "1" + "}" * 20_000
+    assert answer_span(r) == (7, len(r) - 1)
+
+
+def test_answer_span_tag_versus_box_order():
+    # a box in the reasoning, then the TinyZero answer tag: the tag comes last and wins.
+    r = "<think>maybe \\boxed{3}</think><answer>1 + 2</answer>"
+    assert inside(r) == "1 + 2"
+    # a tag followed by a later box: the box wins.
+    assert inside("<answer>1</answer> so \\boxed{2}") == "2"
+
+
+# ---------------------------------------------------------------------------------------------
+# math_reward
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("\\frac{1}{2}", "0.5"),
+        ("\\dfrac12", "\\frac{1}{2}"),
+        ("x = 5", "5"),
+        ("5 \\text{ cm}", "5"),
+        ("\\text{18 dollars}", "18"),
+        ("18 dollars", "18"),
+        ("1,000", "1000"),
+        ("10080", "10,\\!080"),
+        ("50\\%", "50"),
+        ("336", "336^\\circ"),
+        ("336°", "336"),
+        ("5.", "5"),
+        ("2\\sqrt{2}", "\\sqrt{8}"),
+        ("\\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("[1, 2)", "[1,2)"),
+        ("\\{3, 1\\}", "1,3"),
+        ("27", 27.0),  # AMC23 golds are floats
+        ("25", "025"),  # AIME24 gold strings keep leading zeros
+        ("69, 84", ["$69$,$84$"]),  # OlympiadBench: a list holding "$..$"-wrapped answers
+        ("7", ["3", "7"]),  # a list is a set of acceptable answers
+    ],
+)
+def test_math_reward_equivalent(pred, gold):
+    assert math_reward(f"so the answer is \\boxed{{{pred}}}.", gold) == 1.0
+
+
+@pytest.mark.parametrize(
+    "response, gold",
+    [
+        ("\\boxed{6}", "5"),
+        ("\\boxed{(2, 1)}", "(1, 2)"),  # ordered tuples
+        ("\\boxed{[1, 2]}", "[1,2)"),  # interval ends matter
+        ("\\boxed{x+1}", "x+2"),
+        ("the answer is 5", "5"),  # no box
+        ("\\boxed{5", "5"),  # box never closes
+        ("\\boxed{5} wait, no: \\boxed{6}", "5"),  # the last box counts
+        ("\\boxed{}", "5"),
+        ("\\boxed{1/0}", "1"),
+        ("\\boxed{\\frac{1}{0}}", "0"),
+    ],
+)
+def test_math_reward_wrong(response, gold):
+    assert math_reward(response, gold) == 0.0
+
+
+def test_math_reward_bad_gold_is_an_error():
+    with pytest.raises(TypeError, match="gold"):
+        math_reward("\\boxed{1}", None)
+    with pytest.raises(ValueError, match="empty"):
+        math_reward("\\boxed{1}", [])
+    with pytest.raises(ValueError, match="finite"):
+        math_reward("\\boxed{1}", float("nan"))
+
+
+def test_refuse_reason_lets_real_answers_through():
+    for answer in ["2^{1009}", "\\frac{100!}{2^{50}}", "10^{100}", "e^{-x^2}", "(2n)!", "x^5 - x^4 + x^3"]:
+        assert rewards.refuse_reason(answer) is None, answer
+    for answer in ["9^{9^{9^9}}", "2^2^2", "(9^{99})^{99}", "10^{123456}", "(10^{10})!", "1001!",
+                   "7" * 300, "(" * 40 + "1" + ")" * 40, "x+" * 600]:
+        assert rewards.refuse_reason(answer) is not None, answer
+
+
+HOSTILE = {
+    "power tower": "\\boxed{9^{9^{9^9}}}",
+    "python power tower": "\\boxed{9**9**9**9}",
+    "power of power": "\\boxed{(99999^{99999})^{99999}}",
+    "huge exponent": "\\boxed{2^{99999999999}}",
+    "10,000 digits": "\\boxed{" + "7" * 10_000 + "}",
+    "200 nested parentheses": "\\boxed{" + "(" * 200 + "1" + ")" * 200 + "}",
+    "200 nested braces": "\\boxed{" + "{" * 200 + "1" + "}" * 200 + "}",
+    "25 nested fractions": "\\boxed{" + "\\frac{1}{" * 25 + "2" + "}" * 25 + "}",
+    "200 KB response": "word " * 40_000 + "\\boxed{5}",
+    "200 KB box": "\\boxed{" + "x+" * 100_000 + "1}",
+    "200 KB of braces": "{" * 200_000,
+    "unbalanced braces": "\\boxed{5}}}}{{{\\boxed{\\frac{1}{2}",
+    "python code": "\\boxed{__import__('os').system('echo pwned')}",
+    "python comprehension": "\\boxed{[x for x in range(10**10)]}",
+    "division by zero": "\\boxed{1/0}",
+    "factorial of a power": "\\boxed{(10^{10})!}",
+    "huge binomial": "\\boxed{\\binom{1000000000}{500000000}}",
+    "integral": "\\boxed{\\int_0^{\\infty} e^{-x^2} \\sin(x^{99}) dx}",
+    "sine of a huge number": "\\boxed{\\sin(10^{99999})}",
+    "many boxes": "\\boxed{1}" * 20_000,
+}
+
+
+def test_math_reward_hostile_inputs_are_bounded():
+    """Every hostile answer scores 0 against a wrong gold within 2 s (the SIGALRM deadline is
+    MATH_TIMEOUT_S = 1 s; refuse_reason keeps one-shot C-level big-int work away from sympy)."""
+    times = {}
+    for name, response in HOSTILE.items():
+        start = time.perf_counter()
+        assert math_reward(response, "42") == 0.0, name
+        times[name] = time.perf_counter() - start
+    worst = max(times, key=times.get)
+    print(f"hostile inputs: max {times[worst]:.3f} s ({worst})")
+    assert times[worst] < 2.0, times
+
+
+# ---------------------------------------------------------------------------------------------
+# Countdown
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parse_arithmetic_exact():
+    # (96 - 74) * 7 / 2 = 22 * 7 / 2 = 77, with left-to-right * and /
+    assert rewards.parse_arithmetic("(96 - 74) * 7 / 2") == (Fraction(77), [96, 74, 7, 2])
+    # 1 / 3 * 3 is exactly 1 in rationals (floats give 1.0 too, but 1/3 + 1/3 + 1/3 shows exactness)
+    assert rewards.parse_arithmetic("1 / 3 + 1 / 3 + 1 / 3")[0] == 1
+    assert rewards.parse_arithmetic("8 - 2 - 1")[0] == 5  # left associative
+    assert rewards.parse_arithmetic("2 \\times 3 \\div 4")[0] == Fraction(3, 2)
+    for bad in ["1 / (2 - 2)", "2 ** 3", "-1 + 2", "1.5 + 2", "(1 + 2", "1 + 2)", "abs(1)", "1 2", "",
+                "__import__('os')", "(" * 60 + "1" + ")" * 60]:
+        with pytest.raises(rewards.ExpressionError):
+            rewards.parse_arithmetic(bad)
+
+
+@pytest.mark.parametrize(
+    "answer, reward",
+    [
+        ("<answer>(96 - 74) * 7 / 2 - 22</answer>", 0.0),  # 22 uses a number not given
+        ("<answer>74 - (96 + 37) / 7</answer>", 1.0),  # 74 - 133/7 = 74 - 19 = 55
+        ("<answer>74 - (96 + 37) / 7 + 0</answer>", 0.0),  # 0 not given
+        ("<answer>74 - (96 + 37 + 37) / 7</answer>", 0.0),  # 37 twice and 7... not all used once
+        ("<answer>96 - 37 - 74 + 7</answer>", 0.0),  # all used once, but -8
+        ("<answer>74 - (96 + 37) / 7 = 55</answer>", 0.0),  # TinyZero: the expression only
+        ("<answer>seventy-four</answer>", 0.0),
+        ("74 - (96 + 37) / 7", 0.0),  # no answer tag or box
+        ("\\boxed{74 - (96 + 37) / 7}", 1.0),
+        ("<answer>\\boxed{74 - (96 + 37) / 7}</answer>", 1.0),
+        ("<answer>74 - (96 + 37) / (7 - 7)</answer>", 0.0),  # division by zero
+    ],
+)
+def test_countdown_reward(answer, reward):
+    assert countdown_reward(answer, [96, 7, 37, 74], 55) == reward
+
+
+def test_countdown_reward_bad_numbers_is_an_error():
+    with pytest.raises(TypeError, match="numbers"):
+        countdown_reward("<answer>1</answer>", [1.5], 1)
+
+
+def _all_values(numbers: list[int]) -> set[Fraction]:
+    """Independent slow enumeration: every permutation, every operator triple, and every
+    parenthesisation of 3 or 4 numbers, written out as text and evaluated by parse_arithmetic."""
+    shapes = {3: ["(a o b) o c", "a o (b o c)"],
+              4: ["((a o b) o c) o d", "(a o (b o c)) o d", "(a o b) o (c o d)", "a o ((b o c) o d)",
+                  "a o (b o (c o d))"]}[len(numbers)]
+    values = set()
+    for perm in itertools.permutations(numbers):
+        for ops in itertools.product("+-*/", repeat=len(numbers) - 1):
+            for shape in shapes:
+                text = shape
+                for name, n in zip("abcd", perm):
+                    text = text.replace(name, str(n))
+                for op in ops:
+                    text = text.replace("o", op, 1)
+                try:
+                    values.add(rewards.parse_arithmetic(text)[0])
+                except rewards.ExpressionError:
+                    pass
+    return values
+
+
+def test_solve_countdown_is_complete_against_enumeration():
+    rng = random.Random(0)
+    for _ in range(20):
+        numbers = [rng.randint(1, 20) for _ in range(rng.choice([3, 4]))]
+        reachable = _all_values(numbers)
+        for target in range(1, 60):
+            expression = rewards.solve_countdown(numbers, target)
+            assert (expression is not None) == (Fraction(target) in reachable), (numbers, target)
+            if expression is not None:
+                assert countdown_reward(f"<answer>{expression}</answer>", numbers, target) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# choice_reward
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response, reward",
+    [
+        ("so \\boxed{F}", 1.0),
+        ("\\boxed{(F)}", 1.0),
+        ("\\boxed{\\text{F}}", 1.0),
+        ("\\boxed{f}", 1.0),
+        ("\\boxed{F: Kantian ethics focus on the categorical imperative}", 1.0),
+        ("\\boxed{B}", 0.0),
+        ("\\boxed{F} no wait \\boxed{B}", 0.0),
+        ("\\boxed{Fish}", 0.0),
+        ("the answer is F", 0.0),  # no box: no fallback for rewards
+    ],
+)
+def test_choice_reward(response, reward):
+    assert choice_reward(response, "F: Kantian ethics focus on the categorical imperative.") == reward
+    assert choice_reward(response, "F") == reward
+
+
+def test_choice_reward_bad_gold():
+    with pytest.raises(ValueError, match="letter"):
+        choice_reward("\\boxed{A}", "Kantian")
+
+
+# ---------------------------------------------------------------------------------------------
+# score_batch
+# ---------------------------------------------------------------------------------------------
+
+
+def test_score_batch_matches_single_calls_and_survives_a_stuck_item():
+    responses = ["\\boxed{5}", HOSTILE["integral"], "\\boxed{x+1}", "\\boxed{4}", "<answer>1+2</answer>"]
+    golds = ["5", "0", "1+x", "5", "3"]
+    # the integral runs into math_reward's 1 s deadline; a 0.3 s item timeout kills its worker
+    # first, and the items behind it are still scored by a fresh worker.
+    assert rewards.score_batch("math", responses, golds, timeout_s=0.3) == [1.0, 0.0, 1.0, 0.0, 0.0]
+    countdown = [{"numbers": [1, 2], "target": 3}] * 2
+    assert rewards.score_batch("countdown", ["<answer>1+2</answer>", "<answer>1*2</answer>"], countdown) == [1.0, 0.0]
+
+
+def test_score_batch_errors():
+    with pytest.raises(ValueError, match="item 1"):
+        rewards.score_batch("math", ["\\boxed{1}", "\\boxed{1}"], ["1", []])
+    with pytest.raises(ValueError, match="kind"):
+        rewards.score_batch("chess", ["a"], ["b"])
+    with pytest.raises(ValueError, match="2 responses but 1 golds"):
+        rewards.score_batch("math", ["a", "b"], ["1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark golds (../shared/benchmarks; skipped when absent)
+# ---------------------------------------------------------------------------------------------
+
+MATH_SETS = ["math500_test", "gsm8k_test", "amc23_test", "aime24_test", "aime25_test", "olympiadbench_test"]
+
+
+def _rows(name: str) -> list[dict]:
+    path = BENCH / f"{name}.jsonl"
+    if not path.exists():
+        pytest.skip(f"benchmark file {path} absent")
+    return [json.loads(line) for line in path.open()]
+
+
+def _first(gold) -> str:
+    return str(gold[0] if isinstance(gold, list) else gold).strip().strip("$")
+
+
+def _wrong_answer(golds: list, i: int) -> str:
+    """A clearly wrong answer for item i: a plain number plus one, else the next different gold."""
+    s = _first(golds[i])
+    if re.fullmatch(r"-?\d+(?:\.0+)?", s):
+        return str(int(float(s)) + 1)
+    j = (i + 1) % len(golds)
+    while _first(golds[j]) == s:
+        j = (j + 1) % len(golds)
+    return _first(golds[j])
+
+
+@pytest.mark.parametrize("name", MATH_SETS)
+def test_benchmark_golds(name):
+    """\\boxed{gold} scores 1, and a clearly wrong answer scores 0, on >= 99.5% of each set.
+    For integer golds the right answer is also written as a fraction (\\frac{2g}{2}), which forces
+    the sympy path instead of the string shortcut."""
+    golds = [rewards.gold_of(row) for row in _rows(name)]
+    failures = []
+    for i, gold in enumerate(golds):
+        s = _first(gold)
+        right = [s] + ([f"\\frac{{{2 * int(float(s))}}}{{2}}"] if re.fullmatch(r"-?\d+(?:\.0+)?", s) else [])
+        failures += [("right", i, s, r) for r in right if math_reward(f"So \\boxed{{{r}}}.", gold) != 1.0]
+        wrong = _wrong_answer(golds, i)
+        failures += [("wrong", i, s, wrong)] if math_reward(f"So \\boxed{{{wrong}}}.", gold) != 0.0 else []
+    rate = 1 - len({f[1] for f in failures}) / len(golds)
+    print(f"{name}: {len(golds)} golds, pass rate {rate:.2%}, failures: {failures}")
+    assert rate >= 0.995, failures
+
+
+def test_countdown_test_set_solver_and_reward():
+    """For every item of countdown_tinyzero_test.jsonl the solver's expression scores 1 whenever it
+    finds one (completeness is checked against enumeration above); corrupting it scores 0."""
+    rows = _rows("countdown_tinyzero_test")
+    unsolved = 0
+    for row in rows:
+        numbers, target = row["reward_model"]["ground_truth"]["numbers"], row["reward_model"]["ground_truth"]["target"]
+        expression = rewards.solve_countdown(numbers, target)
+        if expression is None:
+            unsolved += 1
+            continue
+        assert countdown_reward(f"<think>...</think>\n<answer>{expression}</answer>", numbers, target) == 1.0
+        # use the first number twice instead of the last one: wrong numbers
+        twice = expression[::-1].replace(str(numbers[-1])[::-1], str(numbers[0])[::-1], 1)[::-1]
+        if numbers[-1] != numbers[0]:
+            assert countdown_reward(f"<answer>{twice}</answer>", numbers, target) == 0.0, twice
+    print(f"countdown test set: {len(rows)} items, {len(rows) - unsolved} solved, {unsolved} without a solution")
+    assert unsolved < len(rows)
+
+
+def test_crossthinkqa_golds():
+    rows = _rows("crossthinkqa_roll_sample811")
+    for row in rows:
+        letter = row["ground_truth"][0]
+        other = "A" if letter != "A" else "B"
+        assert choice_reward(f"... \\boxed{{{letter}}}", row["ground_truth"]) == 1.0, row["ground_truth"]
+        assert choice_reward(f"... \\boxed{{{other}}}", row["ground_truth"]) == 0.0, row["ground_truth"]
