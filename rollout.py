@@ -149,12 +149,14 @@ def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None
             allowed = torch.arange(k, device=key.device) <= rows[:, None]  # [c, k] causal
         else:
             allowed = mask[:, :, s : s + c].unsqueeze(1)  # [N|1, 1, 1, c, k]
+        blocked = ~allowed
         # Softmax in place (no second chunk). finfo.min, not -inf, and a clamped sum: a fully masked row (a left
         # pad) gives 0, not NaN.
-        scores.masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        scores.sub_(scores.amax(-1, keepdim=True)).exp_().mul_(allowed)
+        scores.masked_fill_(blocked, torch.finfo(torch.float32).min)
+        scores.sub_(scores.amax(-1, keepdim=True)).exp_().masked_fill_(blocked, 0.0)
         scores.div_(scores.sum(-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny))
         attn[:, first + s : first + s + c, :k] += scores.sum(dim=(1, 2)).div_(h)  # [N, c, k]
+        del scores, blocked  # free this chunk before the next one is allocated
 
 
 @contextmanager
