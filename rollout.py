@@ -5,7 +5,8 @@ heads and the middle layers (the edge weights of eq. (1)). `output_attentions=Tr
 [N, H, T, T] (147 GB for one 8K sequence of Qwen3-4B). Instead we register one attention function, "flowtracer",
 in transformers' AttentionInterface. It
   1. computes the layer output with the stock SDPA function, so the sampled tokens are unchanged, and
-  2. for the selected layers only, recomputes softmax(Q K^T * scale + mask) in float32 one query chunk at a time,
+  2. for the selected layers only, recomputes softmax(Q K^T * scale + mask) one query chunk at a time (as eager
+     attention does: scores in the model's dtype, softmax in float32),
      averages the heads (a GQA group's query heads share one K: no repeat_kv copy) and adds the result into a
      single [N, T, T] float32 buffer.
 During generate each cached decode step adds one row; one extra cached step feeds the last sampled token (generate
@@ -123,7 +124,7 @@ AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)  # same boolean masks as "
 
 
 def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None, scale: float, chunk_bytes: int):
-    """attn[:, rows of these queries, :k] += mean over heads of softmax(Q K^T * scale + mask), in float32.
+    """attn[:, rows of these queries, :k] += mean over heads of softmax(Q K^T * scale + mask) (softmax in float32).
 
     query [N, H, q, d], key [N, Hkv, k, d] (all keys so far: the queries are the last q of k positions).
     mask: None (plain causal) or bool [N or 1, 1, q, k], True = may attend.
@@ -137,13 +138,14 @@ def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None
         raise TypeError(f"attention capture: expected a bool [.., {q}, {k}] mask, got {mask.dtype} {tuple(mask.shape)}")
     g = h // hkv  # query heads per KV head; head j uses KV head j // g (repeat_kv order)
     first = k - q  # absolute position of the first query
-    keys_t = key.float().transpose(-1, -2)  # [N, Hkv, d, k]
+    keys_t = key.transpose(-1, -2)  # [N, Hkv, d, k]
     queries = query.view(n, hkv, g, q, d)
     step = max(1, chunk_bytes // (4 * n * h * k))
     for s in range(0, q, step):
         c = min(step, q - s)
-        chunk = queries[:, :, :, s : s + c].reshape(n, hkv, g * c, d).float()
-        scores = (chunk @ keys_t).view(n, hkv, g, c, k).mul_(scale)  # [N, Hkv, G, c, k]
+        chunk = queries[:, :, :, s : s + c].reshape(n, hkv, g * c, d)  # [N, Hkv, G * c, d]
+        # As eager attention: Q K^T * scale in the model's dtype, then softmax in float32.
+        scores = (chunk @ keys_t).mul_(scale).float().view(n, hkv, g, c, k)  # [N, Hkv, G, c, k]
         if mask is None:
             rows = torch.arange(first + s, first + s + c, device=key.device)
             allowed = torch.arange(k, device=key.device) <= rows[:, None]  # [c, k] causal

@@ -117,6 +117,18 @@ def test_capture_attention_matches_eager(arch, layers):
     assert model.config._attn_implementation == "sdpa"  # stock path restored
 
 
+def test_capture_attention_bf16_follows_eager_numerics():
+    # Layer 0 sees the same bf16 inputs in both paths and scores are computed as eager does (bf16 Q K^T * scale,
+    # float32 softmax); eager returns its weights rounded to bf16 (up to 2**-9 relative), hence atol 2e-3. A wrong
+    # layer or head grouping is off by ~0.4 here.
+    model = tiny("qwen3", vocab_size=100).to(torch.bfloat16)
+    input_ids, attention_mask = padded_batch(100)
+    got = capture_attention(model, input_ids, attention_mask, layers=[0])
+    want = eager_reference(model, input_ids, attention_mask, [0]).float()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
+
+
 def test_capture_attention_chunking_is_exact():
     model = tiny("qwen3", vocab_size=100)
     input_ids, attention_mask = padded_batch(100)
