@@ -34,7 +34,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from rewards import answer_span
 
 ATTN_NAME = "flowtracer"
-CHUNK_BYTES = 1 << 27  # float32 scores of one query chunk: 128 MiB
+CHUNK_BYTES = 1 << 27  # scratch of one query chunk (float32 scores + probabilities): 128 MiB
 _UNSUPPORTED_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")  # score modifiers we do not reproduce
 
 
@@ -140,7 +140,7 @@ def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None
     first = k - q  # absolute position of the first query
     keys_t = key.transpose(-1, -2)  # [N, Hkv, d, k]
     queries = query.view(n, hkv, g, q, d)
-    step = max(1, chunk_bytes // (4 * n * h * k))
+    step = max(1, chunk_bytes // (8 * n * h * k))  # two float32 chunks live at once: scores and probabilities
     for s in range(0, q, step):
         c = min(step, q - s)
         chunk = queries[:, :, :, s : s + c].reshape(n, hkv, g * c, d)  # [N, Hkv, G * c, d]
@@ -151,14 +151,13 @@ def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None
             allowed = torch.arange(k, device=key.device) <= rows[:, None]  # [c, k] causal
         else:
             allowed = mask[:, :, s : s + c].unsqueeze(1)  # [N|1, 1, 1, c, k]
-        blocked = ~allowed
-        # Softmax in place (no second chunk). finfo.min, not -inf, and a clamped sum: a fully masked row (a left
-        # pad) gives 0, not NaN.
-        scores.masked_fill_(blocked, torch.finfo(torch.float32).min)
-        scores.sub_(scores.amax(-1, keepdim=True)).exp_().masked_fill_(blocked, 0.0)
-        scores.div_(scores.sum(-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny))
-        attn[:, first + s : first + s + c, :k] += scores.sum(dim=(1, 2)).div_(h)  # [N, c, k]
-        del scores, blocked  # free this chunk before the next one is allocated
+        # finfo.min, not -inf: a fully masked row (a left-pad query) gives a uniform row, not NaN; zeroed below.
+        probs = scores.masked_fill_(~allowed, torch.finfo(torch.float32).min).softmax(-1)
+        del scores  # free it before the next chunk is allocated
+        head_mean = probs.sum(dim=(1, 2)).div_(h)  # [N, c, k]
+        del probs
+        head_mean.masked_fill_(~allowed.any(-1).view(-1, c, 1), 0.0)
+        attn[:, first + s : first + s + c, :k] += head_mean
 
 
 @contextmanager
