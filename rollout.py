@@ -146,18 +146,23 @@ def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None
         chunk = queries[:, :, :, s : s + c].reshape(n, hkv, g * c, d)  # [N, Hkv, G * c, d]
         # As eager attention: Q K^T * scale in the model's dtype, then softmax in float32.
         scores = (chunk @ keys_t).mul_(scale).float().view(n, hkv, g, c, k)  # [N, Hkv, G, c, k]
-        if mask is None:
+        if mask is not None:
+            blocked = ~mask[:, :, s : s + c].unsqueeze(1)  # [N|1, 1, 1, c, k]
+        elif first + s < k - 1:
             rows = torch.arange(first + s, first + s + c, device=key.device)
-            allowed = torch.arange(k, device=key.device) <= rows[:, None]  # [c, k] causal
+            blocked = torch.arange(k, device=key.device) > rows[:, None]  # [c, k] causal
         else:
-            allowed = mask[:, :, s : s + c].unsqueeze(1)  # [N|1, 1, 1, c, k]
-        # finfo.min, not -inf: a fully masked row (a left-pad query) gives a uniform row, not NaN; zeroed below.
-        probs = scores.masked_fill_(~allowed, torch.finfo(torch.float32).min).softmax(-1)
+            blocked = None  # a single query at the last position sees every key (a decode step)
+        if blocked is not None:
+            # finfo.min, not -inf: a fully masked row (a left-pad query) comes out uniform, not NaN; zeroed below.
+            scores.masked_fill_(blocked, torch.finfo(torch.float32).min)
+        probs = scores.softmax(-1)
         del scores  # free it before the next chunk is allocated
-        head_mean = probs.sum(dim=(1, 2)).div_(h)  # [N, c, k]
+        head_sum = probs.sum(dim=(1, 2))  # [N, c, k]
         del probs
-        head_mean.masked_fill_(~allowed.any(-1).view(-1, c, 1), 0.0)
-        attn[:, first + s : first + s + c, :k] += head_mean
+        if blocked is not None:
+            head_sum.masked_fill_(blocked.all(-1).view(-1, c, 1), 0.0)
+        attn[:, first + s : first + s + c, :k].add_(head_sum, alpha=1.0 / h)
 
 
 @contextmanager

@@ -10,7 +10,8 @@ Rows per sequence length T (batch N, second sequence left-padded by T/8):
             shared machine; the gen and gen+cap rows are single runs, for memory)
 Each row runs in a fresh subprocess. Memory on CPU: peak RSS of the subprocess minus its RSS peak after setup
 (model + inputs built); on CUDA: torch.cuda.max_memory_allocated minus the allocation after setup.
-Time: the best of --repeats runs after one untimed warm-up (gen, gen+cap: one run).
+Time: the best of --repeats runs after one untimed warm-up (gen, gen+cap: one run); on CPU it is the process's
+CPU time (one thread), which the other jobs of a shared machine disturb far less than wall time; on CUDA wall time.
 
     python benchmarks/attention_bench.py                    # CPU: small Qwen3, T in 512 1024 2048
     python benchmarks/attention_bench.py --model qwen3-4b   # GPU (auto-detected): Qwen3-4B shape, bf16, T 1024 8192
@@ -103,15 +104,17 @@ def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device:
                 generate(model, tokenizer, [prompt], n=n, max_new_tokens=t // 2, min_new_tokens=t // 2,
                          capture=capture, chat_template=False)
 
+    clock = time.perf_counter if device == "cuda" else time.process_time
+
     if op == "gen-ab":  # time only: capture off and on alternately in one process (fair on a shared machine)
         best = {}
         for _ in range(repeats):
             for capture in (False, True):
-                start = time.perf_counter()
+                start = clock()
                 run(capture)
                 if device == "cuda":
                     torch.cuda.synchronize()
-                best[capture] = min(best.get(capture, float("inf")), time.perf_counter() - start)
+                best[capture] = min(best.get(capture, float("inf")), clock() - start)
         ratio = best[True] / best[False]
         return dict(op=op, t=t, seconds=None, extra_mib=None, ratio=ratio, note=f"gen+cap/gen = {ratio:.3f}x")
     capture = op == "gen+cap"
@@ -127,11 +130,11 @@ def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device:
         if not op.startswith("gen"):
             run(capture)  # warm-up, not timed (its memory peak counts: the same as a timed run's)
         for _ in range(1 if op.startswith("gen") else repeats):
-            start = time.perf_counter()
+            start = clock()
             run(capture)
             if device == "cuda":
                 torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     except torch.OutOfMemoryError:
         return dict(op=op, t=t, seconds=None, extra_mib=None, note="OOM")
     return dict(op=op, t=t, seconds=min(times), extra_mib=(peak_bytes(device) - base) / 2**20, note="")

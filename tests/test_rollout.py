@@ -136,6 +136,10 @@ def test_capture_attention_chunking_is_exact():
     one_row = capture_attention(model, input_ids, attention_mask, chunk_bytes=1)
     whole = capture_attention(model, input_ids, attention_mask)
     torch.testing.assert_close(one_row, whole, atol=1e-6, rtol=0)
+    # Without padding transformers passes no mask (plain causal): the chunks rebuild the causal rows themselves.
+    one_row = capture_attention(model, input_ids[1:2], attention_mask[1:2], chunk_bytes=1)
+    want = eager_reference(model, input_ids[1:2], attention_mask[1:2], default_layers(6))
+    torch.testing.assert_close(one_row, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
