@@ -16,8 +16,25 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 OPS = "+-*"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation item, whatever file or task it came from.
+
+    prompt: the user message (instruction included), before the chat template.
+    gold:   what rewards.REWARDS[kind] takes as the gold answer.
+    kind:   "math", "countdown" or "choice" (a key of rewards.REWARDS).
+    id:     where it came from, e.g. "gsm8k_test.jsonl:17" or "arith:3".
+    """
+
+    prompt: str
+    gold: Any
+    kind: str = "math"
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,3 +104,13 @@ class ArithmeticTask:
     def problems(self, n: int, seed: int) -> list[Problem]:
         rng = random.Random(seed)
         return [self.problem(*self.sample(rng)) for _ in range(n)]
+
+    def examples(self, n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[Example]:
+        """n distinct problems as Examples, none of whose prompts is in `exclude` (a held-out set's prompts)."""
+        rng, seen, out = random.Random(seed), set(exclude), []
+        while len(out) < n:
+            p = self.problem(*self.sample(rng))
+            if p.prompt not in seen:
+                seen.add(p.prompt)
+                out.append(Example(prompt=p.prompt, gold=p.answer, kind="math", id=f"arith:{seed}:{len(out)}"))
+        return out

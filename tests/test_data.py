@@ -36,3 +36,13 @@ def test_hand_examples():
     assert data.trace([3, 4, 2, 5], ["+", "*", "-"], precedence=False) == "3+4=7\n7*2=14\n14-5=9\n\\boxed{9}"
     assert data.precedence_matters(["+", "*"]) and not data.precedence_matters(["*", "+", "-"])
     assert data.ArithmeticTask().problems(3, seed=7) == data.ArithmeticTask().problems(3, seed=7)
+
+
+def test_examples_are_distinct_and_avoid_the_excluded_set():
+    task = data.ArithmeticTask()
+    held_out = task.examples(300, seed=1)
+    train = task.examples(2000, seed=2, exclude=frozenset(e.prompt for e in held_out))
+    prompts = [e.prompt for e in train]
+    assert len(set(prompts)) == len(prompts) == 2000
+    assert not set(prompts) & {e.prompt for e in held_out}
+    assert all(rewards.math_reward(f"\\boxed{{{e.gold}}}", e.gold) == 1.0 for e in train[:50])
