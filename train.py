@@ -292,37 +292,37 @@ def credit(cfg: Config, r: rollout.Rollout, policy: Policy, step: int, rank: int
 def update(cfg: Config, accelerator: Accelerator, model, optimizer, batch: Batch) -> dict[str, float]:
     """One AdamW step on the global batch: eq. (5) summed over micro-batches and processes.
 
-    Every process holds a shard of the kept sequences. The objective is the mean over ALL kept sequences
-    (seq-mean) or tokens (token-mean) of the global batch, so each micro-batch loss, itself a mean over its own
-    rows or tokens, is weighted by count_micro / count_global * world_size (DDP averages gradients over the
-    processes). Processes run the same number of micro-batches (DDP synchronises on each backward of the last
-    one); a process with fewer kept rows runs zero-weight ones.
+    Every process holds a shard of the kept sequences (at least one row; rows without response tokens count for
+    nothing). The objective is the mean over ALL kept sequences (seq-mean) or response tokens (token-mean) of the
+    global batch. policy_loss returns a mean over its micro-batch's rows (or tokens), so each micro-batch loss is
+    weighted by rows_micro (tokens_micro) / total * world_size; DDP then averages the gradients over processes.
+    Processes run the same number of micro-batches (DDP synchronises on the backward of the last one), padding
+    with zero-weight passes where a process has fewer rows.
     """
+    token_mean = cfg.aggregation == "token-mean"
     tokens = batch.response_mask[:, 1:].sum(-1)  # [B] response tokens that get a log-prob
-    counts = tokens if cfg.aggregation == "token-mean" else torch.ones_like(tokens)
-    device = accelerator.device
-    total = accelerator.reduce(counts.sum().to(device, torch.float64), "sum").item()
-    n_micro = max(1, math.ceil(batch.input_ids.shape[0] / cfg.micro_batch))
-    n_micro = int(accelerator.reduce(torch.tensor(n_micro, device=device), "max").item())
-    if total == 0:
+    device, world = accelerator.device, accelerator.num_processes
+    total = accelerator.reduce(tokens.sum() if token_mean else (tokens > 0).sum(), "sum").item()
+    if total == 0:  # every process agrees: nothing to learn from in this step
         return {"skipped": 1.0}
-    splits = torch.arange(batch.input_ids.shape[0]).tensor_split(n_micro)
+    n_micro = torch.tensor(math.ceil(batch.input_ids.shape[0] / cfg.micro_batch), device=device)
+    splits = torch.arange(batch.input_ids.shape[0]).tensor_split(int(accelerator.reduce(n_micro, "max")))
     sums: dict[str, float] = {}
     for i, idx in enumerate(splits):
-        weight = counts[idx].sum().item() / total * accelerator.num_processes
-        if len(idx) == 0:  # nothing left on this process: a zero-weight pass keeps DDP in step
+        weight = (tokens[idx].sum().item() if token_mean else len(idx)) / total * world
+        if len(idx) == 0:  # this process has run out of rows: a zero-weight pass keeps DDP in step
             idx, weight = torch.tensor([0]), 0.0
         mb = batch.rows(idx)
         sync = i == len(splits) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(model):
             logp = model(mb.input_ids, mb.attention_mask)  # [b, T-1]
+            # One update per rollout (the paper's global batch = rollout batch), so old_logp = logp: r = 1.
             loss, stats = grpo.policy_loss(
                 logp, logp.detach(), mb.advantages, mb.gamma[:, 1:], mb.response_mask[:, 1:], clip_eps=cfg.clip_eps,
                 dual_clip=cfg.dual_clip, adv_clip=cfg.adv_clip, aggregation=cfg.aggregation)
             accelerator.backward(loss * weight)
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + v * weight / accelerator.num_processes
-        sums["loss"] = sums.get("loss", 0.0) + loss.item() * weight / accelerator.num_processes
+        for k, v in stats.items() | {("loss", loss.item())}:  # statistics: weighted like the loss
+            sums[k] = sums.get(k, 0.0) + v * weight / world
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -349,9 +349,11 @@ def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenize
                 keep &= finished
         with timer("credit"):
             kept = keep.nonzero().squeeze(1)
+            if len(kept) == 0:  # keep one row without response tokens: it weighs nothing but keeps DDP in step
+                kept = torch.tensor([0])
+                r.response_mask[0] = False
             r_kept = _rollout_rows(r, kept)
-            gamma = credit(cfg, r_kept, policy, step, accelerator.process_index) if len(kept) else \
-                torch.ones(r_kept.input_ids.shape)
+            gamma = credit(cfg, r_kept, policy, step, accelerator.process_index)
         with timer("update"):
             batch = Batch(r_kept.input_ids, r_kept.attention_mask, r_kept.response_mask, gamma, advantages[kept])
             stats = update(cfg, accelerator, model, optimizer, batch)
@@ -491,7 +493,8 @@ class MetricsLog:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
     out = Path(cfg.out or ROOT / "runs" / f"{cfg.preset}-{cfg.credit}-seed{cfg.seed}")
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # cpu=True without CUDA: several processes then run DDP over gloo (`accelerate launch --multi_gpu ...`).
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
     if cfg.prompts_per_step % accelerator.num_processes:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the number of "
                          f"processes ({accelerator.num_processes})")
