@@ -338,6 +338,11 @@ BENCHMARKS: dict[str, Benchmark] = {
 SYNTHETIC = {"arith": arith_heldout}  # task name -> its held-out Examples
 
 
+def benchmark_names() -> list[str]:
+    """The names load_examples takes besides .jsonl paths."""
+    return sorted(SYNTHETIC) + sorted(BENCHMARKS)
+
+
 def _load_hub(name: str, bench: Benchmark, limit: int | None, why_not_local: str) -> list[Example]:
     if bench.hub_id is None:
         raise FileNotFoundError(f"benchmark {name!r}: {why_not_local}, and it has no hub copy in this row shape: "
@@ -376,7 +381,7 @@ def load_examples(source: str, format: str | None = None, *, limit: int | None =
         return SYNTHETIC[source]()[:limit]
     if source not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {source!r} (and no such .jsonl file); valid benchmarks: "
-                         f"{sorted(SYNTHETIC) + sorted(BENCHMARKS)}")
+                         f"{benchmark_names()}")
     bench = BENCHMARKS[source]
     if data_dir is not None and (Path(data_dir) / bench.file).is_file():
         return load_jsonl(Path(data_dir) / bench.file, bench.format, limit=limit)

@@ -137,7 +137,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a local directory or a hub id")
     p.add_argument("--benchmarks", required=True,
-                   help=f"comma-separated: {', '.join(sorted(data.SYNTHETIC) + sorted(data.BENCHMARKS))}, "
+                   help=f"comma-separated: {', '.join(data.benchmark_names())}, "
                         "or paths of local .jsonl files")
     p.add_argument("--data-dir", default=None, help="directory with the benchmark files (else: the hub)")
     p.add_argument("--format", default=None, help=f"format of local .jsonl files: {', '.join(data.FORMATS)}")
@@ -157,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     from transformers import set_seed
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    unknown = [b for b in names if not b.endswith(".jsonl") and b not in data.benchmark_names()]
+    if unknown or not names:
+        sys.exit(f"eval.py: error: unknown benchmark(s) {unknown}; valid: {data.benchmark_names()} or .jsonl paths")
     try:  # every benchmark loads before the model does: a typo fails in a second, not after minutes
         sets = {Path(b).stem if b.endswith(".jsonl") else b:
                 data.load_examples(b, args.format if b.endswith(".jsonl") else None, limit=args.limit,
