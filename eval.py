@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 import data
 import rewards
@@ -40,11 +41,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def _sampling_kwargs(temperature: float, top_p: float) -> dict:
-    """rollout.generate keyword arguments: greedy decoding at temperature 0, else plain temperature + top-p
-    sampling (top-k off: rollout's default top_k=100 is the training setting, not an evaluation one)."""
+def check_settings(n: int, temperature: float, top_p: float, batch_size: int, template: str) -> dict:
+    """Raise ValueError on bad settings; return rollout.generate's sampling keyword arguments: greedy decoding at
+    temperature 0, else plain temperature + top-p sampling (top-k off: rollout's default top_k=100 is the
+    training setting, not an evaluation one)."""
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if temperature == 0 and n > 1:
+        raise ValueError(f"greedy decoding (temperature 0) gives {n} identical responses; use n=1")
+    if template not in data.TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; valid templates: {list(data.TEMPLATES)}")
     if temperature == 0:
         return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     return dict(temperature=temperature, top_p=top_p, top_k=0)
@@ -62,14 +70,10 @@ def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1, 
     """
     if not examples:
         raise ValueError("evaluate: no examples")
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"evaluate: need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
-    if temperature == 0 and n > 1:
-        raise ValueError(f"evaluate: greedy decoding (temperature 0) gives {n} identical responses; use n=1")
+    sampling = check_settings(n, temperature, top_p, batch_size, template)
     if template == "chat" and not tokenizer.chat_template:
         raise ValueError("the tokenizer has no chat template: use --template fewshot (the paper's few-shot "
                          "prompt for base models)")
-    sampling = _sampling_kwargs(temperature, top_p)
     texts: list[str] = []
     lengths: list[int] = []
     was_training = model.training
@@ -122,8 +126,6 @@ def format_table(model_name: str, results: dict[str, dict]) -> str:
 
 def load_model(path: str):
     """Model (sdpa attention; bf16 on CUDA, float32 on CPU) and tokenizer (pad token = EOS when it has none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device).eval()
@@ -155,25 +157,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    from transformers import set_seed
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    keys = [Path(b).stem if b.endswith(".jsonl") else b for b in names]
     unknown = [b for b in names if not b.endswith(".jsonl") and b not in data.benchmark_names()]
-    if unknown or not names:
-        sys.exit(f"eval.py: error: unknown benchmark(s) {unknown}; valid: {data.benchmark_names()} or .jsonl paths")
-    try:  # every benchmark loads before the model does: a typo fails in a second, not after minutes
-        sets = {Path(b).stem if b.endswith(".jsonl") else b:
-                data.load_examples(b, args.format if b.endswith(".jsonl") else None, limit=args.limit,
-                                   data_dir=args.data_dir)
-                for b in names}
-        model, tokenizer = load_model(args.model)
-        results, start = {}, time.time()
-        for name, examples in sets.items():
-            set_seed(args.seed)  # each benchmark's samples do not depend on which ran before
-            results[name] = evaluate(model, tokenizer, examples, n=args.n, temperature=args.temperature,
-                                     top_p=args.top_p, max_new_tokens=args.max_new_tokens, template=args.template,
-                                     batch_size=args.batch_size, desc=name)
+    if unknown or not names or len(set(keys)) < len(keys):
+        sys.exit(f"eval.py: error: unknown or repeated benchmark(s) in {names}; valid: {data.benchmark_names()} "
+                 "or .jsonl paths with distinct names")
+    try:  # settings and data are checked before the model loads: a typo fails in a second, not after minutes
+        check_settings(args.n, args.temperature, args.top_p, args.batch_size, args.template)
+        sets = {key: data.load_examples(b, args.format if b.endswith(".jsonl") else None, limit=args.limit,
+                                        data_dir=args.data_dir) for key, b in zip(keys, names)}
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         sys.exit(f"eval.py: error: {e}")
+    model, tokenizer = load_model(args.model)
+    if args.template == "chat" and not tokenizer.chat_template:
+        sys.exit(f"eval.py: error: the tokenizer of {args.model} has no chat template: use --template fewshot "
+                 "(the paper's few-shot prompt for base models)")
+    results, start = {}, time.time()
+    for name, examples in sets.items():
+        set_seed(args.seed)  # each benchmark's samples do not depend on which ran before
+        results[name] = evaluate(model, tokenizer, examples, n=args.n, temperature=args.temperature,
+                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens, template=args.template,
+                                 batch_size=args.batch_size, desc=name)
     sampling = "greedy" if args.temperature == 0 else f"T={args.temperature}, top-p={args.top_p}"
     print(f"avg@{args.n} accuracy (%) = unbiased pass@1; {sampling}, max {args.max_new_tokens} new tokens, "
           f"template {args.template}, {time.time() - start:.0f} s")

@@ -3,6 +3,7 @@ decode, the command line end to end, and the errors."""
 
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,10 +123,17 @@ def test_main_on_a_local_jsonl_and_arith_writes_the_json_and_prints_the_table(tm
     assert row.split() == [str(TINY)] + [f"{f:.1f}" for f in figures + [sum(figures) / 2]]
 
 
-def test_errors_are_clear(tiny, capsys):
+def test_errors_are_clear(tiny, monkeypatch, tmp_path):
     model, tokenizer = tiny
-    with pytest.raises(SystemExit, match=r"unknown benchmark\(s\) \['aime2024'\]; valid: \['arith', 'aime24'"):
-        ev.main(["--model", "no/such-model", "--benchmarks", "math500,aime2024"])  # before the model loads
+    # settings and benchmarks are checked before the model loads ("no/such-model" is never reached)
+    with pytest.raises(SystemExit, match=r"unknown or repeated benchmark\(s\) in \['math500', 'aime2024'\]; "
+                                         r"valid: \['arith', 'aime24'"):
+        ev.main(["--model", "no/such-model", "--benchmarks", "math500,aime2024"])
+    with pytest.raises(SystemExit, match=r"greedy decoding \(temperature 0\) gives 4 identical responses; use n=1"):
+        ev.main(["--model", "no/such-model", "--benchmarks", "arith", "--temperature", "0"])  # default n=4
+    monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
+    with pytest.raises(SystemExit, match=r"'gsm8k'.*pip install datasets.*--data-dir DIR holding gsm8k_test.jsonl"):
+        ev.main(["--model", "no/such-model", "--benchmarks", "gsm8k", "--data-dir", "/nonexistent"])
     examples = data.arith_heldout(2)
     with pytest.raises(ValueError, match="identical responses; use n=1"):
         ev.evaluate(model, tokenizer, examples, n=4, temperature=0.0)
@@ -135,3 +143,7 @@ def test_errors_are_clear(tiny, capsys):
         ev.evaluate(model, bare, examples, n=1, temperature=0.0, template="chat")
     with pytest.raises(ValueError, match="unknown template 'plain'"):
         ev.evaluate(model, tokenizer, examples, n=1, temperature=0.0, template="plain")
+    model.save_pretrained(tmp_path)
+    bare.save_pretrained(tmp_path)
+    with pytest.raises(SystemExit, match="has no chat template: use --template fewshot"):
+        ev.main(["--model", str(tmp_path), "--benchmarks", "arith", "--n", "1", "--temperature", "0"])
