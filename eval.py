@@ -60,13 +60,14 @@ def check_settings(n: int, temperature: float, top_p: float, batch_size: int, te
 
 def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 1024, template: str = "chat", batch_size: int = 16,
-             desc: str = "eval") -> dict:
+             desc: str = "eval", progress: bool = True) -> dict:
     """Sample n responses per example (greedy when temperature == 0), score them with rewards.score_batch.
 
     batch_size: prompts per generate call (batch_size * n sequences). Returns
       {"n", "num_problems", "avg" (avg@n = mean reward of all samples), "pass@1" (unbiased estimate; = avg),
        "pass@n" (share of problems with a correct sample), "mean_response_tokens",
-       "items": [{"id", "prompt", "gold", "responses", "rewards"}]} (rewards in [0, 1]; "avg" etc. too).
+       "rewards": [[n rewards] per example], "items": [{"id", "prompt", "gold", "responses", "rewards"}]}
+    (rewards in [0, 1]; "avg" etc. too). progress=False: no tqdm bar.
     """
     if not examples:
         raise ValueError("evaluate: no examples")
@@ -79,7 +80,8 @@ def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1, 
     was_training = model.training
     model.eval()
     try:
-        for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False):
+        for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch", leave=False,
+                          disable=not progress):
             batch = examples[start : start + batch_size]
             rendered = [data.render_prompt(e.prompt, template) for e in batch]
             out = rollout.generate(model, tokenizer, [p for p, _ in rendered], n=n, max_new_tokens=max_new_tokens,
@@ -108,6 +110,7 @@ def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1, 
         "pass@1": sum(pass_at_k(n, c, 1) for c in correct) / len(items),
         "pass@n": sum(pass_at_k(n, c, n) for c in correct) / len(items),
         "mean_response_tokens": sum(lengths) / len(lengths),
+        "rewards": [item["rewards"] for item in items],
         "items": items,
     }
 

@@ -68,7 +68,7 @@ def test_aggregation_over_mixed_kinds_and_the_fewshot_wiring(monkeypatch, tiny):
     assert [c[0][0].startswith(data.FEWSHOT) for c in calls] == [True, True]  # batches of 2 and 1 prompts
     assert [(len(c[0]), c[1], c[2], c[3]) for c in calls] == [(2, 2, False, False), (1, 2, False, False)]
     assert calls[0][4] == dict(temperature=0.6, top_p=0.95, top_k=0)
-    assert [item["rewards"] for item in result["items"]] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]]
+    assert [item["rewards"] for item in result["items"]] == [[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]] == result["rewards"]
     assert [item["id"] for item in result["items"]] == ["m", "c", "q"]
     assert result["avg"] == pytest.approx(3 / 6) == result["pass@1"]
     assert result["pass@n"] == pytest.approx(2 / 3)
@@ -79,7 +79,7 @@ def test_greedy_evaluate_matches_a_direct_greedy_decode(tiny):
     model, tokenizer = tiny
     examples = data.arith_heldout(20)
     result = ev.evaluate(model, tokenizer, examples, n=1, temperature=0.0, max_new_tokens=40, template="chat",
-                         batch_size=8)
+                         batch_size=8, progress=False)
     direct = []
     for e in examples:  # one prompt at a time: no padding, plain model.generate
         ids = tokenizer.apply_chat_template([{"role": "user", "content": e.prompt}], add_generation_prompt=True,
