@@ -313,11 +313,12 @@ class Benchmark:
     hub_fields: dict[str, str] | None = None
 
 
-# Hub ids: gsm8k, MATH-500, aime_2024, math-ai/{aime25,amc23,minervamath,olympiadbench} and open-r1's DAPO copy are
-# the ids widely used in eval code; their row fields are taken from public loaders, not checked here (no internet).
-# math-ai/olympiadbench is assumed to be the OE_TO_maths_en_COMP subset of our file (675 rows) -- unverified;
-# open-r1/DAPO-Math-17k-Processed ("en") is used because the original BytedTsinghua-SIA/DAPO-Math-17k carries
-# DAPO's "Answer: $Answer" instruction inside the prompt -- its reward_model.ground_truth field is unverified.
+# Hub ids and row fields as used by public eval loaders (not checked against the hub here: no internet):
+# openai/gsm8k, HuggingFaceH4/MATH-500, HuggingFaceH4/aime_2024 (problem, answer), math-ai/aime25 (problem, answer),
+# math-ai/amc23 (question, answer), math-ai/minervamath (question, answer), math-ai/olympiadbench (question,
+# final_answer; 674 rows said to be text-only English, our file has 675 -- the exact subset is unverified).
+# open-r1/DAPO-Math-17k-Processed ("en", deduplicated) keeps reward_model (its create_dataset.py); whether its
+# `prompt` still carries DAPO's own "Answer: $Answer" instruction is unverified: prefer --data-dir with our file.
 BENCHMARKS: dict[str, Benchmark] = {
     "gsm8k": Benchmark("openai/gsm8k", "main", "test", "gsm8k", "gsm8k_test.jsonl"),
     "math500": Benchmark("HuggingFaceH4/MATH-500", None, "test", "math500", "math500_test.jsonl"),
