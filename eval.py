@@ -6,7 +6,7 @@
 
 For each problem n responses are sampled (rollout.generate, no attention capture) and scored with the verifiable
 rewards of rewards.py. avg@n is the mean reward over all n samples of all problems; it equals the unbiased pass@1
-estimate (eq. of `pass_at_k` with k = 1 is c/n). The paper's tables report "accuracy" without naming n; with
+estimate (`pass_at_k` with k = 1 is c/n). The paper's tables report "accuracy" without naming n; with
 n > 1 we also report pass@n, the share of problems solved by at least one sample.
 """
 
