@@ -60,14 +60,15 @@ def check_settings(n: int, temperature: float, top_p: float, batch_size: int, te
 
 def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 1024, template: str = "chat", batch_size: int = 16,
-             desc: str = "eval", progress: bool = True) -> dict:
+             desc: str = "eval", progress: bool = True, workers: int = 2) -> dict:
     """Sample n responses per example (greedy when temperature == 0), score them with rewards.score_batch.
 
     batch_size: prompts per generate call (batch_size * n sequences). Returns
       {"n", "num_problems", "avg" (avg@n = mean reward of all samples), "pass@1" (unbiased estimate; = avg),
        "pass@n" (share of problems with a correct sample), "mean_response_tokens",
        "rewards": [[n rewards] per example], "items": [{"id", "prompt", "gold", "responses", "rewards"}]}
-    (rewards in [0, 1]; "avg" etc. too). progress=False: no tqdm bar.
+    (rewards in [0, 1]; "avg" etc. too). progress=False: no tqdm bar. workers: rewards.score_batch's processes
+    (0 = score in this process: no pool start-up, for small frequent evaluations as train.py's).
     """
     if not examples:
         raise ValueError("evaluate: no examples")
@@ -96,7 +97,8 @@ def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1, 
     for i, e in enumerate(examples):
         by_kind[e.kind] += range(i * n, (i + 1) * n)
     for kind, rows in by_kind.items():
-        got = rewards.score_batch(kind, [texts[r] for r in rows], [examples[r // n].gold for r in rows])
+        got = rewards.score_batch(kind, [texts[r] for r in rows], [examples[r // n].gold for r in rows],
+                                  workers=workers)
         for r, s in zip(rows, got):
             scores[r] = s
 

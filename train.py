@@ -214,10 +214,16 @@ def load_examples(source: str, cfg: Config, held_out: bool) -> list[data.Example
             return test[: cfg.eval_limit]
         return data.ArithmeticTask().examples(cfg.steps * cfg.prompts_per_step, seed=cfg.seed,
                                               exclude=frozenset(e.prompt for e in test))
-    fields = dict(kv.split("=", 1) for kv in cfg.data_fields.split(",")) if cfg.data_fields else None
-    examples = data.load_examples(source, cfg.data_format if source == cfg.data else None, fields=fields,
-                                  data_dir=cfg.data_dir)
-    return examples[: cfg.eval_limit] if held_out else examples
+    if held_out:  # --data-format and --data-fields describe the training file
+        return data.load_examples(source, limit=cfg.eval_limit, data_dir=cfg.data_dir)
+    fields = None
+    if cfg.data_fields:
+        pairs = [kv.split("=", 1) for kv in cfg.data_fields.split(",")]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"--data-fields wants ours=theirs pairs, e.g. prompt=question,gold=final; got "
+                             f"{cfg.data_fields!r}")
+        fields = dict(pairs)
+    return data.load_examples(source, cfg.data_format, fields=fields, data_dir=cfg.data_dir)
 
 
 def examples_for_step(examples: list[data.Example], step: int, n: int, seed: int) -> list[data.Example]:
@@ -228,12 +234,6 @@ def examples_for_step(examples: list[data.Example], step: int, n: int, seed: int
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         out += [examples[i] for i in order[offset: offset + n - len(out)].tolist()]
     return out
-
-
-def score(kind: str, texts: list[str], golds: list, workers: int) -> list[float]:
-    if workers > 0:
-        return rewards.score_batch(kind, texts, golds, workers=workers)
-    return [rewards.REWARDS[kind](text, gold) for text, gold in zip(texts, golds)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenize
             r = sample(cfg, policy, tokenizer, mine)
         with timer("reward"):
             golds = [e.gold for e in mine for _ in range(cfg.group_size)]
-            reward = torch.tensor(score(mine[0].kind, r.texts, golds, cfg.reward_workers))  # [B]
+            reward = torch.tensor(rewards.score_batch(mine[0].kind, r.texts, golds, workers=cfg.reward_workers))  # [B]
             advantages = grpo.group_advantages(reward, cfg.group_size)  # [B] eq. (10)
             group_mean = reward.view(-1, cfg.group_size).mean(-1).repeat_interleave(cfg.group_size)  # [B]
             keep = (group_mean >= cfg.min_difficulty) & (group_mean <= cfg.max_difficulty)
@@ -390,13 +390,12 @@ def held_out_accuracy(cfg: Config, accelerator: Accelerator, model, tokenizer, e
     policy: Policy = accelerator.unwrap_model(model)
     policy.lm.eval()
     with accelerator.split_between_processes(examples) as mine, torch.no_grad(), accelerator.autocast():
-        result = evaluate(policy.lm, tokenizer, mine, n=1, temperature=0.0, top_p=1.0,
-                          max_new_tokens=cfg.max_new_tokens, template=cfg.template, batch_size=cfg.micro_batch * 4,
-                          progress=False)
+        result = evaluate(policy.lm, tokenizer, mine, n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens,
+                          template=cfg.template, batch_size=cfg.micro_batch * 4, progress=False,
+                          workers=cfg.reward_workers) if mine else {"rewards": []}
     policy.lm.train()
-    scores = gather_object([result["rewards"]])
-    flat = [x for per_process in scores for row in per_process for x in row]
-    return sum(flat) / len(flat)
+    scores = [x for row in gather_object(result["rewards"]) for x in row]  # [n_examples] over all processes
+    return sum(scores) / len(scores)
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -512,12 +511,15 @@ def main(argv: list[str] | None = None) -> dict:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     set_seed(cfg.seed, device_specific=True)
 
-    lm, tokenizer = load_model(cfg, accelerator.device)
-    train_examples = load_examples(cfg.data, cfg, held_out=False)
-    eval_examples = load_examples(cfg.eval_data, cfg, held_out=True)
-    kinds = {e.kind for e in train_examples[:1000]}
+    try:  # data first: a broken file fails in a second, not after the model has loaded
+        train_examples = load_examples(cfg.data, cfg, held_out=False)
+        eval_examples = load_examples(cfg.eval_data, cfg, held_out=True)
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"train.py: {e}") from e
+    kinds = {e.kind for e in train_examples}
     if len(kinds) != 1:
         raise SystemExit(f"{cfg.data}: training examples mix reward kinds {sorted(kinds)}")
+    lm, tokenizer = load_model(cfg, accelerator.device)
     policy = Policy(lm, cfg.temperature)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
