@@ -66,7 +66,7 @@ class Config:
     eval_limit: int | None = None  # evaluate on the first K held-out items only
     template: str = "chat"  # how prompts are rendered: data.TEMPLATES
     # rollout
-    steps: int = 60
+    steps: int = 100
     prompts_per_step: int = 32  # global, over all processes
     group_size: int = 8  # responses per prompt (G of eq. 10)
     max_new_tokens: int = 40
