@@ -86,7 +86,8 @@ class Config:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    micro_batch: int = 64  # sequences per forward/backward on one process
+    micro_batch: int = 64  # sequences per forward/backward (and per flow solve) on one process
+    generation_batch: int | None = None  # prompts per generate call on one process (None: all of them)
     clip_eps: float = 0.2
     dual_clip: float | None = 3.0
     adv_clip: float | None = 2.0
@@ -110,14 +111,17 @@ _QWEN3_MATH = dict(
     data="dapo", eval_data="math500", eval_limit=None, template="chat", prompts_per_step=64, group_size=8,
     micro_batch=32, lr=1e-6, warmup_steps=20, bf16=True, gradient_checkpointing=True, reward_workers=4,
     eval_every=50, save_every=50, keep_checkpoints=3,
+    generation_batch=16,  # 128 sequences per generate call: KV cache ~25 GB and attention buffer ~1 GB at 1K (4B)
 )
+# 8K responses: 16 sequences per generate call (KV cache ~20 GB, attention buffer 16 x 8.5K^2 x 4 B = 4.6 GB).
+_LONG = dict(generation_batch=2, micro_batch=8)
 _LLAMA_MATH = dict(_QWEN3_MATH, template="fewshot", eval_data="gsm8k")
 PRESETS: dict[str, dict] = {
     "tiny": {},
     "qwen3-4b-math-1k": dict(_QWEN3_MATH, model="Qwen/Qwen3-4B-Base", max_new_tokens=1024, steps=500),
-    "qwen3-4b-math-8k": dict(_QWEN3_MATH, model="Qwen/Qwen3-4B-Base", max_new_tokens=8192, steps=500, micro_batch=8),
+    "qwen3-4b-math-8k": dict(_QWEN3_MATH, model="Qwen/Qwen3-4B-Base", max_new_tokens=8192, steps=500, **_LONG),
     "qwen3-8b-math-1k": dict(_QWEN3_MATH, model="Qwen/Qwen3-8B-Base", max_new_tokens=1024, steps=600),
-    "qwen3-8b-math-8k": dict(_QWEN3_MATH, model="Qwen/Qwen3-8B-Base", max_new_tokens=8192, steps=600, micro_batch=8),
+    "qwen3-8b-math-8k": dict(_QWEN3_MATH, model="Qwen/Qwen3-8B-Base", max_new_tokens=8192, steps=600, **_LONG),
     "llama3.1-8b-math": dict(_LLAMA_MATH, model="meta-llama/Llama-3.1-8B", max_new_tokens=1024, steps=600),
     "llama3.2-3b-math": dict(_LLAMA_MATH, model="meta-llama/Llama-3.2-3B", max_new_tokens=1024, steps=500),
     "qwen3-4b-countdown": dict(_QWEN3_MATH, model="Qwen/Qwen3-4B-Base", data="countdown", eval_data="countdown",
@@ -251,7 +255,19 @@ class Batch:
     advantages: torch.Tensor  # [B] eq. (10)
 
     def rows(self, index) -> "Batch":
-        return Batch(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+        """The rows `index`, without the columns that are padding in all of them."""
+        width = int(self.attention_mask[index].any(0).nonzero().max()) + 1 if self.attention_mask[index].any() else 1
+        return Batch(*(getattr(self, f.name)[index][..., :width] if f.name != "advantages"
+                       else self.advantages[index] for f in dataclasses.fields(self)))
+
+    @staticmethod
+    def cat(pieces: list["Batch"], pad_id: int) -> "Batch":
+        """Stack batches of different lengths, right-padding the shorter ones (mask 0, gamma 1)."""
+        width = max(p.input_ids.shape[1] for p in pieces)
+        pads = {"input_ids": pad_id, "attention_mask": 0, "response_mask": False, "gamma": 1.0}
+        return Batch(*(torch.cat([torch.nn.functional.pad(getattr(p, f.name), (0, width - p.input_ids.shape[1]),
+                                                          value=pads[f.name]) if f.name in pads
+                                  else getattr(p, f.name) for p in pieces]) for f in dataclasses.fields(Batch)))
 
 
 def _rollout_rows(r: rollout.Rollout, index: torch.Tensor) -> rollout.Rollout:
@@ -330,38 +346,61 @@ def update(cfg: Config, accelerator: Accelerator, model, optimizer, batch: Batch
     return sums | {"grad_norm": float(grad_norm)}
 
 
+def rollout_piece(cfg: Config, policy: Policy, tokenizer, examples: list[data.Example], step: int, rank: int,
+                  timer: "Timer") -> tuple[Batch, dict[str, float]]:
+    """Rollout -> reward -> advantages (eq. 10) -> filter -> credit for some prompts (whole groups).
+
+    Returns the kept rows and the sums behind the step's statistics.
+    """
+    with timer("generate"), torch.no_grad():
+        r = sample(cfg, policy, tokenizer, examples)
+    device = r.input_ids.device
+    with timer("reward"):
+        golds = [e.gold for e in examples for _ in range(cfg.group_size)]
+        reward = torch.tensor(rewards.score_batch(examples[0].kind, r.texts, golds, workers=cfg.reward_workers),
+                              device=device)  # [B]
+        advantages = grpo.group_advantages(reward, cfg.group_size)  # [B] eq. (10)
+        group_mean = reward.view(-1, cfg.group_size).mean(-1).repeat_interleave(cfg.group_size)  # [B]
+        keep = (group_mean >= cfg.min_difficulty) & (group_mean <= cfg.max_difficulty)  # [B]
+        eos = torch.tensor(rollout.eos_ids(policy.lm, tokenizer), device=device)
+        finished = (torch.isin(r.input_ids, eos) & r.response_mask).any(-1)  # [B] stopped with EOS
+        if cfg.drop_truncated:
+            keep &= finished
+    with timer("credit"):
+        kept = keep.nonzero().squeeze(1)
+        if len(kept) == 0:  # one row without response tokens: it weighs nothing, but no process runs out of rows
+            kept = torch.zeros(1, dtype=torch.long, device=device)
+            r.response_mask[0] = False
+        r_kept = _rollout_rows(r, kept)
+        gamma = credit(cfg, r_kept, policy, step, rank)  # [b, T]
+    piece = Batch(r_kept.input_ids, r_kept.attention_mask, r_kept.response_mask, gamma.to(device), advantages[kept])
+    sums = {"reward": float(reward.sum()), "n": len(reward), "kept": float(keep.sum()),
+            "response_len": float(r.lengths.sum()), "truncated": float((~finished).sum())}
+    return piece, sums
+
+
 def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenizer, examples, step: int) -> dict:
+    """One step: this process's prompts are rolled out `generation_batch` at a time (each piece's attention is
+    freed once its credit is computed), then one update on all kept rows of all processes."""
     policy: Policy = accelerator.unwrap_model(model)
     timer = Timer()
     chosen = examples_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
-    with accelerator.split_between_processes(chosen) as mine:
-        with timer("generate"), torch.no_grad(), accelerator.autocast():
-            r = sample(cfg, policy, tokenizer, mine)
-        with timer("reward"):
-            golds = [e.gold for e in mine for _ in range(cfg.group_size)]
-            reward = torch.tensor(rewards.score_batch(mine[0].kind, r.texts, golds, workers=cfg.reward_workers))  # [B]
-            advantages = grpo.group_advantages(reward, cfg.group_size)  # [B] eq. (10)
-            group_mean = reward.view(-1, cfg.group_size).mean(-1).repeat_interleave(cfg.group_size)  # [B]
-            keep = (group_mean >= cfg.min_difficulty) & (group_mean <= cfg.max_difficulty)
-            eos = torch.tensor(rollout.eos_ids(policy.lm, tokenizer))
-            finished = (torch.isin(r.input_ids, eos) & r.response_mask).any(-1)  # [B] stopped with EOS
-            if cfg.drop_truncated:
-                keep &= finished
-        with timer("credit"):
-            kept = keep.nonzero().squeeze(1)
-            if len(kept) == 0:  # keep one row without response tokens: it weighs nothing but keeps DDP in step
-                kept = torch.tensor([0])
-                r.response_mask[0] = False
-            r_kept = _rollout_rows(r, kept)
-            gamma = credit(cfg, r_kept, policy, step, accelerator.process_index)
-        with timer("update"):
-            batch = Batch(r_kept.input_ids, r_kept.attention_mask, r_kept.response_mask, gamma, advantages[kept])
-            stats = update(cfg, accelerator, model, optimizer, batch)
-    local = torch.tensor([reward.sum(), len(reward), keep.sum(), r.lengths.float().sum(), (~finished).sum()],
-                         dtype=torch.float64, device=accelerator.device)
-    reward_sum, n, n_kept, length_sum, truncated = accelerator.reduce(local, "sum").tolist()
-    return {"step": step + 1, "reward": reward_sum / n, "kept": n_kept / n, "response_len": length_sum / n,
-            "truncated": truncated / n, **stats, **timer.seconds}
+    pieces, sums = [], {}
+    with accelerator.split_between_processes(chosen) as mine, accelerator.autocast():
+        chunk = cfg.generation_batch or len(mine)
+        for start in range(0, len(mine), chunk):
+            piece, piece_sums = rollout_piece(cfg, policy, tokenizer, mine[start: start + chunk], step,
+                                              accelerator.process_index, timer)
+            pieces.append(piece)
+            sums = {k: sums.get(k, 0.0) + v for k, v in piece_sums.items()}
+    batch = Batch.cat(pieces, tokenizer.pad_token_id)
+    with timer("update"):
+        stats = update(cfg, accelerator, model, optimizer, batch)
+    names = sorted(sums)
+    totals = dict(zip(names, accelerator.reduce(torch.tensor([sums[k] for k in names], dtype=torch.float64,
+                                                             device=accelerator.device), "sum").tolist()))
+    n = totals.pop("n")
+    return {"step": step + 1, "samples": int(n), **{k: v / n for k, v in totals.items()}, **stats, **timer.seconds}
 
 
 class Timer:

@@ -199,3 +199,24 @@ def test_broken_training_file_names_file_line_and_field(tmp_path):
         train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k", "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit, match="ours=theirs"):
         train.main(SMALL + ["--data", str(bad), "--data-fields", "prompt", "--out", str(tmp_path / "run")])
+
+
+def test_batch_cat_pads_and_rows_trims():
+    def piece(width, n):
+        mask = torch.ones(n, width, dtype=torch.long)
+        return train.Batch(torch.full((n, width), 5), mask, mask.bool(), torch.full((n, width), 1.5), torch.ones(n))
+
+    both = train.Batch.cat([piece(3, 2), piece(5, 1)], pad_id=0)
+    assert both.input_ids.tolist() == [[5, 5, 5, 0, 0], [5, 5, 5, 0, 0], [5] * 5]
+    assert both.attention_mask.sum().item() == 11 and both.response_mask.sum().item() == 11
+    assert both.gamma[0].tolist() == [1.5, 1.5, 1.5, 1.0, 1.0]  # padding gets gamma 1 (and mask 0)
+    short = both.rows(torch.tensor([0, 1]))
+    assert short.input_ids.shape == (2, 3) and short.advantages.shape == (2,)  # all-padding columns dropped
+
+
+def test_generation_in_chunks_covers_every_prompt(tmp_path):
+    torch.set_num_threads(1)
+    train.main(SMALL + ["--steps", "1", "--save-every", "0", "--generation-batch", "3", "--out", str(tmp_path)])
+    step = records(tmp_path)[1]
+    assert step["step"] == 1 and step["samples"] == 8 * 4 and 0 < step["response_len"] <= 40
+    assert step["gamma_mean"] == pytest.approx(1.2, abs=0.05)
