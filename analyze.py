@@ -216,7 +216,7 @@ body {{ font-family: sans-serif; margin: 1.2em; color: #222; }}
     div.textContent = title + (edges.length ? "" : " none");
     edges.forEach(([j, w]) => {{
       const s = document.createElement("span");
-      s.textContent = "  [" + j + "] " + JSON.stringify(toks[j].dataset.text) + " " + w.toExponential(2) + ";";
+      s.textContent = "  [" + j + "] " + JSON.stringify(toks[j].textContent) + " " + w.toExponential(2) + ";";
       div.appendChild(s);
     }});
     return div;
@@ -232,7 +232,7 @@ body {{ font-family: sans-serif; margin: 1.2em; color: #222; }}
     toks[i].classList.add("sel");
     panel.textContent = "";
     const head = document.createElement("div");
-    head.textContent = "token [" + i + "] " + JSON.stringify(toks[i].dataset.text) + "  region " + data.region[i] +
+    head.textContent = "token [" + i + "] " + JSON.stringify(toks[i].textContent) + "  region " + data.region[i] +
       "  tau " + data.tau[i].toExponential(3) + (data.top[i] ? "  (top set)" : "");
     panel.append(head, edgeList("inflow (strongest i -> this):", data.inflow[i]),
                  edgeList("outflow (strongest this -> k):", data.outflow[i]));
@@ -260,8 +260,7 @@ def render_html(view: FlowView, title: str = "flow view", log_scale: bool = Fals
         r, g, b = (round(255 + (c - 255) * lev) for c in (215, 48, 31))
         classes = f"tok {reg}" + (" top" if top else "")
         color = "#fff" if lev > 0.65 else "#111"
-        spans.append(f'<span class="{classes}" data-i="{i}" data-text="{html.escape(tok, quote=True)}" '
-                     f'style="background:rgb({r},{g},{b});color:{color}" title="tau={view.tau[i]:.3e}">'
+        spans.append(f'<span class="{classes}" data-i="{i}" style="background:rgb({r},{g},{b});color:{color}" title="tau={view.tau[i]:.3e}">'
                      f"{html.escape(_shown(tok))}</span>" + ("\n" if "\n" in tok else ""))
     data = dict(tau=view.tau, region=view.region, top=view.top, inflow=view.inflow, outflow=view.outflow)
     return _PAGE.format(title=html.escape(title), spans="".join(spans), data=_json_for_script(data),
@@ -412,7 +411,8 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     p, z2 = successes / n, z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the bounds are exactly 0 at 0 successes and 1 at n: say so instead of leaving a rounding error
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
 
 
 def regenerate(model, tokenizer, prefixes: list[Tensor], blocked: list[Tensor], max_new_tokens: int,
