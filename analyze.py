@@ -26,6 +26,8 @@ import html
 import json
 import math
 import random
+import shutil
+import subprocess
 import sys
 import time
 import unicodedata
@@ -167,12 +169,15 @@ def flow_view(ro: Rollout, row: int, tokenizer, ratio: float = 0.4, edges: str =
                     top=top.tolist(), inflow=strongest(weights.T), outflow=strongest(weights), edge_kind=edges)
 
 
-def _levels(tau: list[float], log_scale: bool) -> list[float]:
-    """Colour level in [0, 1] per token: tau / max, or log10(tau / max) mapped from [-4, 0]."""
-    top = max(tau) or 1.0
+def _levels(view: FlowView, log_scale: bool) -> list[float]:
+    """Colour level in [0, 1] per token: tau / max, or log10(tau / max) mapped from [-4, 0]. The max is taken
+    outside the answer region: answer tokens carry all the flow that arrives (tau = 2 f, up to 2) and would
+    wash out the rest, so they are clipped at 1."""
+    rest = [t for t, r in zip(view.tau, view.region) if r != "answer"]
+    top = max(rest or view.tau) or 1.0
     if not log_scale:
-        return [max(t, 0.0) / top for t in tau]
-    return [min(1.0, max(0.0, 1 + math.log10(t / top) / 4)) if t > 0 else 0.0 for t in tau]
+        return [min(1.0, max(t, 0.0) / top) for t in view.tau]
+    return [min(1.0, max(0.0, 1 + math.log10(t / top) / 4)) if t > 0 else 0.0 for t in view.tau]
 
 
 def _shown(token: str) -> str:
@@ -184,7 +189,7 @@ _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>FlowTracer: {title}</title>
 <style>
 body {{ font-family: sans-serif; margin: 1.2em; color: #222; }}
-#text {{ font-family: monospace; font-size: 15px; line-height: 2.1; white-space: pre-wrap; max-width: 70em; }}
+#text {{ font-family: monospace; font-size: 18px; line-height: 2.2; white-space: pre-wrap; max-width: 70em; }}
 .tok {{ padding: 2px 1px; border-radius: 3px; cursor: pointer; }}
 .prompt {{ border-bottom: 3px solid #7a7aff; }}
 .answer {{ border-bottom: 3px solid #1a9641; }}
@@ -241,6 +246,8 @@ body {{ font-family: sans-serif; margin: 1.2em; color: #222; }}
     t.addEventListener("mouseenter", () => {{ if (pinned < 0) show(i); }});
     t.addEventListener("click", () => {{ pinned = pinned === i ? -1 : i; show(i); }});
   }});
+  const hash = /^#pin=(\\d+)$/.exec(location.hash);  // page.html#pin=12 opens with token 12 pinned
+  if (hash && +hash[1] < toks.length) {{ pinned = +hash[1]; show(pinned); }}
 }})();
 </script></body></html>
 """
@@ -255,13 +262,13 @@ def render_html(view: FlowView, title: str = "flow view", log_scale: bool = Fals
     """One self-contained page (inline CSS, JS and JSON; no external resource). Token text is HTML-escaped;
     the JSON holds numbers and region names only (the script reads a token's text from its span)."""
     spans = []
-    for i, (tok, lev, reg, top) in enumerate(zip(view.tokens, _levels(view.tau, log_scale), view.region, view.top)):
+    for i, (tok, lev, reg, top) in enumerate(zip(view.tokens, _levels(view, log_scale), view.region, view.top)):
         # white -> #d7301f by level; white text on the darkest cells
         r, g, b = (round(255 + (c - 255) * lev) for c in (215, 48, 31))
         classes = f"tok {reg}" + (" top" if top else "")
         color = "#fff" if lev > 0.65 else "#111"
         spans.append(f'<span class="{classes}" data-i="{i}" style="background:rgb({r},{g},{b});color:{color}" title="tau={view.tau[i]:.3e}">'
-                     f"{html.escape(_shown(tok))}</span>" + ("\n" if "\n" in tok else ""))
+                     f"{html.escape(_shown(tok))}</span>" + ("\n" if tok.endswith("\n") else ""))
     data = dict(tau=view.tau, region=view.region, top=view.top, inflow=view.inflow, outflow=view.outflow)
     return _PAGE.format(title=html.escape(title), spans="".join(spans), data=_json_for_script(data),
                         scale="log scale, 4 decades" if log_scale else "linear, 0 .. max",
@@ -284,13 +291,13 @@ def render_png(view: FlowView, path: str | Path, log_scale: bool = False, width:
             x, y = 0, y + 1
         cells.append((x, y, w))
         x += w + 1
-        if "\n" in tok:
+        if tok.endswith("\n"):
             x, y = 0, y + 1
     lines = y + 1
     fig, ax = plt.subplots(figsize=(width * 0.13 + 1, lines * 0.32 + 0.8), dpi=110)
     cmap = plt.get_cmap("Reds")
     text_colour = {"prompt": "#2b2bd0", "answer": "#137a30", "response": "#111"}
-    for (x, y, w), tok, lev, reg, top in zip(cells, view.tokens, _levels(view.tau, log_scale), view.region, view.top):
+    for (x, y, w), tok, lev, reg, top in zip(cells, view.tokens, _levels(view, log_scale), view.region, view.top):
         ax.add_patch(plt.Rectangle((x - 0.4, -y - 0.4), w + 0.3, 0.8, facecolor=cmap(0.05 + 0.9 * lev),
                                    edgecolor="black" if top else "none", linewidth=1.4))
         ax.text(x + (w - 1) / 2, -y, _shown(tok), ha="center", va="center", family="monospace", fontsize=8,
@@ -303,6 +310,19 @@ def render_png(view: FlowView, path: str | Path, log_scale: bool = False, width:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def screenshot(page: str | Path, png: str | Path, width: int = 1000, height: int = 520, pin: int | None = None,
+               browser: str = "chromium") -> None:
+    """Render a page in headless Chromium (Debian's chromium package) and save a PNG screenshot.
+    pin: open with that token pinned (its inflow and outflow edges shown)."""
+    exe = shutil.which(browser)
+    if exe is None:
+        raise FileNotFoundError(f"{browser} is not installed (Debian: apt-get install -y chromium)")
+    url = Path(page).resolve().as_uri() + ("" if pin is None else f"#pin={pin}")
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                    "--hide-scrollbars", f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}", url],
+                   check=True, capture_output=True, timeout=120)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -666,6 +686,9 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--ratio", type=float, default=0.4)
     v.add_argument("--out", default="flow.html")
     v.add_argument("--png", help="also write a PNG heat map here")
+    v.add_argument("--screenshot", help="also render the page in headless Chromium and save a PNG here")
+    v.add_argument("--pin", type=int, help="token index to pin in the screenshot")
+    v.add_argument("--window", type=int, nargs=2, default=(1000, 520), metavar=("W", "H"))
 
     t = sub.add_parser("tokens", help="most frequent high-/low-flow tokens (Fig. 3, Table 11b)")
     _common(t, 200)
@@ -703,6 +726,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
         if args.png:
             render_png(view, args.png, args.log_scale)
+        if args.screenshot:
+            screenshot(args.out, args.screenshot, *args.window, pin=args.pin)
+            print(f"wrote {args.screenshot}")
     elif args.cmd == "tokens":
         examples = load_examples(None, args.prompts, args.problems, args.seed)
         stats = token_stats(model, tokenizer, examples, args.ratio, args.temperature, args.max_new_tokens,
