@@ -358,9 +358,10 @@ class TokenStats:
 
 
 def token_stats(model, tokenizer, examples: list[Example], ratio: float = 0.2, temperature: float = 0.7,
-                max_new_tokens: int = 128, batch: int = 64, layers=None) -> TokenStats:
+                max_new_tokens: int = 128, batch: int = 64, layers=None, after_answer: bool = False) -> TokenStats:
     """Sample one response per example (E.1: T = 0.7), trace its flow, count the top and bottom `ratio` of
-    its response tokens by tau (E.1: 20% per response)."""
+    its response tokens by tau (E.1: 20% per response). The tokens after the answer region ("}", EOS) are dead
+    ends with tau = 0 by construction and always land in the bottom set; they are left out unless after_answer."""
     high, low, every, used = Counter(), Counter(), Counter(), 0
     for s in range(0, len(examples), batch):
         ro = generate(model, tokenizer, [e.prompt for e in examples[s : s + batch]], n=1, temperature=temperature,
@@ -370,7 +371,9 @@ def token_stats(model, tokenizer, examples: list[Example], ratio: float = 0.2, t
             continue
         ro_ok = _rows(ro, ok)
         _, field = flow_of(ro_ok)
-        cand = ro_ok.response_mask.cpu()
+        cand = ro_ok.response_mask.cpu()  # [n, T]
+        if not after_answer:  # drop everything after the last answer token
+            cand &= ro_ok.answer_mask.cpu().flip(1).long().cumsum(1).flip(1) > 0
         hi, lo = top_k_mask(field.tau, cand, ratio), top_k_mask(field.tau, cand, ratio, largest=False)
         ids = ro_ok.input_ids.cpu()
         for r in range(ids.shape[0]):
@@ -627,9 +630,10 @@ def with_format(response: str, template: str) -> str:
 
 def format_overlap(model, tokenizer, examples: list[Example], ratios=(0.2, 0.4, 0.6, 0.8, 1.0),
                    formats: dict[str, str] = FORMATS, max_new_tokens: int = 128, layers=None) -> dict[str, dict]:
-    """Per format and ratio: the mean overlap |S_f & S_0| / |S_0| and Jaccard of the top-ratio response tokens
-    (by tau) with those of the first (answer-only) format S_0, on the shared tokens: the response tokens before
-    the box's inside, identical in every format. Responses are the model's greedy ones, teacher-forced."""
+    """Per format and ratio: the mean overlap |S_f & S_0| / |S_0| and Jaccard of the top-ratio tokens by tau
+    with those of the first (answer-only) format S_0. Candidates are the shared tokens: the response tokens
+    before the box's inside, identical in every format (so top-100% is 1 by construction). Responses are the
+    model's greedy ones, teacher-forced with each answer form."""
     ro = generate(model, tokenizer, [e.prompt for e in examples], n=1, max_new_tokens=max_new_tokens,
                   capture=False, do_sample=False, temperature=None, top_k=None, top_p=None)
     base = [t for t in ro.texts if boxed_span(t) is not None]
@@ -652,8 +656,9 @@ def format_overlap(model, tokenizer, examples: list[Example], ratios=(0.2, 0.4, 
     for f, name in enumerate(names[1:], 1):
         out[name] = {}
         for ratio in ratios:
-            s0 = top_k_mask(tau[0], response[0], ratio) & shared  # [m, T]
-            s1 = top_k_mask(tau[f], response[f], ratio) & shared
+            # candidates: the shared tokens only, so both sets have the same size and the answer tokens (more of
+            # them in "x=6") do not take slots
+            s0, s1 = top_k_mask(tau[0], shared, ratio), top_k_mask(tau[f], shared, ratio)  # [m, T]
             inter, union, size = (s0 & s1).sum(1).double(), (s0 | s1).sum(1).double(), s0.sum(1).double()
             out[name][ratio] = dict(overlap=float((inter[size > 0] / size[size > 0]).mean()),
                                     jaccard=float((inter[union > 0] / union[union > 0]).mean()))
@@ -696,6 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--temperature", type=float, default=0.7)
     t.add_argument("--top", type=int, default=15)
     t.add_argument("--png", default="tokens.png")
+    t.add_argument("--after-answer", action="store_true", help="count the dead-end tokens after the answer too")
 
     i = sub.add_parser("intervene", help="Table 1: block high/low/random 20%% of tokens, regenerate")
     _common(i, 200)
@@ -732,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "tokens":
         examples = load_examples(None, args.prompts, args.problems, args.seed)
         stats = token_stats(model, tokenizer, examples, args.ratio, args.temperature, args.max_new_tokens,
-                            layers=args.layers)
+                            layers=args.layers, after_answer=args.after_answer)
         print(tokens_table(stats, args.top))
         tokens_chart(stats, args.png, args.top)
         print(f"wrote {args.png}")

@@ -287,11 +287,14 @@ def test_intervene_end_to_end(tiny):
 
 def test_format_overlap_end_to_end(tiny):
     model, tok = tiny
-    out = format_overlap(model, tok, ArithmeticTask().examples(3, seed=5), ratios=(0.4, 1.0), max_new_tokens=48)
-    assert out["responses"] == 3 and set(out) == {"responses", "equation", "period"}
-    for per in (out["equation"], out["period"]):
-        assert per[1.0] == {"overlap": 1.0, "jaccard": 1.0}  # every shared token is in both full sets
-        assert 0 <= per[0.4]["jaccard"] <= per[0.4]["overlap"] <= 1
+    formats = {"answer-only": "{a}", "same": "{a}", "equation": "x={a}"}
+    out = format_overlap(model, tok, ArithmeticTask().examples(3, seed=5), ratios=(0.4, 1.0), formats=formats,
+                         max_new_tokens=48)
+    assert out["responses"] == 3 and set(out) == {"responses", "same", "equation"}
+    # the unchanged answer form gives the same flow, hence the same sets
+    assert out["same"][0.4] == {"overlap": 1.0, "jaccard": 1.0}
+    assert out["equation"][1.0] == {"overlap": 1.0, "jaccard": 1.0}  # every shared token is in both full sets
+    assert 0 <= out["equation"][0.4]["jaccard"] <= out["equation"][0.4]["overlap"] <= 1
 
 
 def test_screenshot_renders_in_headless_chromium(tmp_path):
