@@ -59,7 +59,8 @@ def default_layers(num_layers: int) -> list[int]:
     return layers
 
 
-def _resolve_layers(model, layers: Sequence[int] | None) -> list[int]:
+def resolve_layers(model, layers: Sequence[int] | None) -> list[int]:
+    """The sorted layer indices to capture: `layers`, checked against the model, or default_layers."""
     num_layers = model.config.num_hidden_layers
     if layers is None:
         return default_layers(num_layers)
@@ -215,7 +216,7 @@ def capture_attention(
                          f"{tuple(attention_mask.shape)}")
     if not ((attention_mask == 0) | (attention_mask == 1)).all():
         raise ValueError("attention_mask must hold only 0 and 1")
-    layers = _resolve_layers(model, layers)
+    layers = resolve_layers(model, layers)
     n, t = input_ids.shape
     attn = torch.zeros(n, t, t, dtype=torch.float32, device=input_ids.device)
     with _capturing(model, attn, layers, chunk_bytes) as capture:
@@ -258,16 +259,16 @@ def generate(
     prompt_ids = enc["input_ids"].repeat_interleave(n, dim=0).to(model.device)  # [N, P]
     prompt_mask = enc["attention_mask"].repeat_interleave(n, dim=0).to(model.device)  # [N, P]
     num, width = prompt_ids.shape
-    eos_ids = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids or None, return_dict_in_generate=True)
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=eos or None, return_dict_in_generate=True)
     kwargs.update(generate_kwargs)
 
     attn, layers_used = None, None
     if not capture:
         sequences = model.generate(prompt_ids, attention_mask=prompt_mask, **kwargs).sequences
     else:
-        layers_used = _resolve_layers(model, layers)
+        layers_used = resolve_layers(model, layers)
         t_max = width + max_new_tokens
         attn = torch.zeros(num, t_max, t_max, dtype=torch.float32, device=model.device)
         with _capturing(model, attn, layers_used, chunk_bytes) as cap:
@@ -289,7 +290,7 @@ def generate(
         if t < t_max:  # all sequences stopped early
             attn = attn[:, :t, :t].clone()
 
-    masks = _sequence_masks(sequences, prompt_mask, eos_ids)
+    masks = _sequence_masks(sequences, prompt_mask, eos)
     if attn is not None:
         _finalize(attn, masks["attention_mask"], len(layers_used))
     texts, answer_mask = _texts_and_answers(tokenizer, sequences, masks["response_mask"])
@@ -314,7 +315,8 @@ def _encode_prompts(tokenizer, prompts: list[str], chat_template: bool):
                      add_special_tokens=not chat_template)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
+    """The token ids that end a response: the generation config's, else the tokenizer's EOS."""
     eos = model.generation_config.eos_token_id
     eos = tokenizer.eos_token_id if eos is None else eos
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)

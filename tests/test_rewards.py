@@ -323,9 +323,17 @@ def test_score_batch_matches_single_calls_and_survives_a_stuck_item():
     assert rewards.score_batch("countdown", ["<answer>1+2</answer>", "<answer>1*2</answer>"], countdown) == [1.0, 0.0]
 
 
-def test_score_batch_errors():
+def test_score_batch_in_process_matches_the_pool():
+    responses = ["\\boxed{5}", "\\boxed{x+1}", "\\boxed{4}", "no box", "\\boxed{9^{9^{9^9}}}"]
+    golds = ["5", "1+x", "5", "5", "1"]
+    assert rewards.score_batch("math", responses, golds, workers=0) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert rewards.score_batch("math", responses, golds, workers=0) == rewards.score_batch("math", responses, golds)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_score_batch_errors(workers):
     with pytest.raises(ValueError, match="item 1"):
-        rewards.score_batch("math", ["\\boxed{1}", "\\boxed{1}"], ["1", []])
+        rewards.score_batch("math", ["\\boxed{1}", "\\boxed{1}"], ["1", []], workers=workers)
     with pytest.raises(ValueError, match="kind"):
         rewards.score_batch("chess", ["a"], ["b"])
     with pytest.raises(ValueError, match="2 responses but 1 golds"):

@@ -1,0 +1,201 @@
+"""train.py end to end on the shipped tiny model: every credit strategy, resume after kill -9, 2-process DDP, bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import grpo
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small run: 8 prompts x 4 samples, every group kept, 8 held-out problems.
+SMALL = ["--prompts-per-step", "8", "--group-size", "4", "--max-new-tokens", "40", "--eval-limit", "8",
+         "--min-difficulty", "0", "--max-difficulty", "1", "--eval-every", "100"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def initial_weights() -> dict[str, torch.Tensor]:
+    return load_file(str(ROOT / "tiny" / "qwen3-arith" / "model.safetensors"))
+
+
+TOP_K = {"flow", "flow-bottom", "random", "entropy", "attention", "gradient"}
+SPREAD = {"flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"}  # mean weight 1 + ratio * (gamma - 1) by design
+
+
+@pytest.mark.parametrize("strategy", sorted(grpo.CREDIT_STRATEGIES))
+def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
+    torch.set_num_threads(1)
+    result = train.main(SMALL + ["--steps", "2", "--save-every", "2", "--credit", strategy, "--out", str(tmp_path)])
+    steps = [r for r in records(tmp_path) if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        assert all(torch.isfinite(torch.tensor(float(v))) for v in r.values())
+        g = r["gamma_mean"]
+        if strategy == "uniform":
+            assert g == 1.0
+        elif strategy in TOP_K:  # 40% of the tokens at 1.5: 1.2, up to per-sequence rounding
+            assert abs(g - 1.2) < 0.05, g
+        elif strategy in SPREAD:
+            assert abs(g - 1.2) < 0.01, g
+        elif strategy.startswith("flow-mass"):
+            assert 1.0 < g <= 1.5
+        else:  # flow-tanh: 1 + 0.5 tanh(z), z-scores average to 0
+            assert 0.5 < g < 1.5
+    # the policy moved, and the checkpoint is a model folder from_pretrained can read
+    saved = load_file(str(tmp_path / "checkpoints" / "step-000002" / "model" / "model.safetensors"))
+    before = initial_weights()
+    assert max((saved[k] - before[k]).abs().max().item() for k in before) > 0
+    assert 0.0 <= result["before"] <= 1.0 and 0.0 <= result["after"] <= 1.0
+
+
+def _strip_times(rs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rs]
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
+    args = SMALL + ["--steps", "4", "--save-every", "2", "--eval-every", "2", "--credit", "flow"]
+    cmd = [sys.executable, str(ROOT / "train.py")] + args
+    subprocess.run(cmd + ["--out", str(tmp_path / "a")], check=True, env=ENV, capture_output=True, cwd=ROOT)
+
+    b = tmp_path / "b"
+    proc = subprocess.Popen(cmd + ["--out", str(b)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill once step 3 is logged: past the step-2 checkpoint
+        if (b / "metrics.jsonl").exists() and any(r["step"] == 3 for r in records(b)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in train.checkpoint_dirs(b)] == ["step-000002"]
+
+    done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout and "held-out accuracy:" in done.stdout
+    assert _strip_times(records(b)) == _strip_times(records(tmp_path / "a"))
+
+
+@pytest.mark.parametrize("aggregation", ["seq-mean", "token-mean"])
+def test_two_process_update_equals_the_one_process_update(aggregation, tmp_path):
+    script = str(ROOT / "tests" / "ddp_update.py")
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    subprocess.run([sys.executable, script, str(one), aggregation], check=True, env=ENV, capture_output=True)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port", "0"]
+    done = subprocess.run(launch + [script, str(two), aggregation], env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = torch.load(one), torch.load(two)
+    initial = initial_weights()
+    moved = max((a["weights"][k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 1e-4  # the update did something
+    for k in initial:
+        torch.testing.assert_close(b["weights"][k], a["weights"][k], rtol=0, atol=1e-6)
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_accelerate_launch_two_processes_trains(tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port", "0"]
+    done = subprocess.run(launch + [str(ROOT / "train.py")] + SMALL + ["--steps", "2", "--save-every", "2",
+                                                                       "--out", str(tmp_path)],
+                          env=ENV, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("held-out accuracy:") == 1  # printed by the main process only
+    assert [r["step"] for r in records(tmp_path)] == [0, 1, 2]
+    assert (tmp_path / "checkpoints" / "step-000002" / "state").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration, data order, smoothing, bad input
+
+
+def test_presets_and_flags():
+    cfg = train.parse_args(["--preset", "qwen3-4b-math-1k", "--lr", "2e-6", "--layers", "12,13"])
+    assert (cfg.model, cfg.prompts_per_step, cfg.group_size, cfg.micro_batch) == ("Qwen/Qwen3-4B-Base", 64, 8, 32)
+    assert (cfg.temperature, cfg.top_p, cfg.top_k, cfg.adv_clip, cfg.dual_clip) == (0.99, 1.0, 100, 2.0, 3.0)
+    assert (cfg.min_difficulty, cfg.max_difficulty, cfg.warmup_steps, cfg.bf16) == (0.1, 0.95, 20, True)
+    assert cfg.lr == 2e-6 and cfg.layers == [12, 13]  # flags override the preset
+    assert train.parse_args([]) == train.Config()
+    assert train.parse_args(["--no-drop-truncated", "--dual-clip", "none"]).dual_clip is None
+
+
+@pytest.mark.parametrize("argv, listed", [(["--preset", "nope"], "qwen3-4b-math-1k"),
+                                          (["--credit", "nope"], "flow-bottom"),
+                                          (["--template", "nope"], "fewshot")])
+def test_unknown_names_list_the_valid_ones(argv, listed, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(argv)
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and listed in err
+
+
+def test_data_order_depends_only_on_seed_and_step():
+    examples = list(range(10))
+    steps = [train.examples_for_step(examples, s, 4, seed=7) for s in range(5)]  # 20 draws = 2 epochs
+    assert steps == [train.examples_for_step(examples, s, 4, seed=7) for s in range(5)]
+    flat = [x for s in steps for x in s]
+    assert sorted(flat[:10]) == examples and sorted(flat[10:]) == examples  # each epoch a permutation
+    assert flat[:10] != flat[10:]
+    assert train.examples_for_step(examples, 0, 4, seed=8) != steps[0]
+
+
+def test_peak_tracking_ema_by_hand():
+    # ema_1 = 1; ema_2 = .5 * max(0, 1) + .5 * 1 = 1; ema_3 = .5 * max(2, 1) + .5 * 1 = 1.5; ema_4 = .5*1.5+.5*1.5
+    assert train.peak_ema([1.0, 0.0, 2.0, 1.0], alpha=0.5) == [1.0, 1.0, 1.5, 1.5]
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    (tmp_path / "checkpoints" / "step-000002").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="--resume"):
+        train.main(SMALL + ["--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        train.main(SMALL + ["--out", str(tmp_path / "fresh"), "--resume"])
+
+
+def test_model_without_chat_template_gets_a_clear_message(tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(ROOT / "tiny" / "qwen3-arith", model_dir)
+    (model_dir / "chat_template.jinja").unlink()
+    with pytest.raises(SystemExit, match="no chat template.*--template fewshot"):
+        train.main(SMALL + ["--model", str(model_dir), "--out", str(tmp_path / "run")])
+
+
+def test_model_without_sdpa_gets_a_clear_message(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ValueError("XForCausalLM does not support an attention implementation through "
+                         "torch.nn.functional.scaled_dot_product_attention yet")
+
+    monkeypatch.setattr(train.AutoModelForCausalLM, "from_pretrained", refuse)
+    with pytest.raises(SystemExit, match="attn_implementation='sdpa'"):
+        train.main(SMALL + ["--out", str(tmp_path)])
+
+
+def test_layers_out_of_range_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"layers must be .* \[0, 4\)"):
+        train.main(SMALL + ["--layers", "2,9", "--out", str(tmp_path)])
+
+
+def test_broken_training_file_names_file_line_and_field(tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"\n')
+    with pytest.raises(SystemExit, match=r"train.jsonl:2"):
+        train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k", "--out", str(tmp_path / "run")])
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"query": "2+2?", "answer": "#### 4"}\n')
+    with pytest.raises(SystemExit, match=r"train.jsonl:2.*question"):
+        train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit, match="ours=theirs"):
+        train.main(SMALL + ["--data", str(bad), "--data-fields", "prompt", "--out", str(tmp_path / "run")])
