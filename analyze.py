@@ -114,12 +114,31 @@ def teacher_forced(model, tokenizer, prompts: list[str], responses: list[str], l
                    answer_mask=answer_mask, texts=list(responses), lengths=response_mask.sum(1), attn=attn.cpu())
 
 
+def sampling(temperature: float, top_k: int = 100) -> dict:
+    """generate() keyword arguments: sampling at `temperature` with top-k (top-p 1), or greedy at 0."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if temperature == 0:
+        return dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+    return dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0)
+
+
 def flow_of(ro: Rollout) -> tuple[Tensor, FlowField]:
     """(W [N, T, T], FlowField of [N, T]) for every row of a rollout; each row needs an answer region."""
     if ro.attn is None:
         raise ValueError("the rollout has no attention: generate it with capture=True")
     W = influence_graph(ro.attn.cpu())  # [N, T, T]
     return W, trace(W, ro.prompt_mask.cpu(), ro.answer_mask.cpu())
+
+
+def _rows(ro: Rollout, keep: Tensor) -> Rollout:
+    """The rows of a rollout where keep [N] is True."""
+    idx = keep.nonzero().flatten()
+    take = lambda x: None if x is None else x[idx.to(x.device)]  # noqa: E731
+    return Rollout(input_ids=take(ro.input_ids), attention_mask=take(ro.attention_mask),
+                   prompt_mask=take(ro.prompt_mask), response_mask=take(ro.response_mask),
+                   answer_mask=take(ro.answer_mask), texts=[ro.texts[i] for i in idx.tolist()],
+                   lengths=take(ro.lengths), attn=take(ro.attn), layers=ro.layers)
 
 
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
@@ -149,10 +168,10 @@ def flow_view(ro: Rollout, row: int, tokenizer, ratio: float = 0.4, edges: str =
     if edges not in ("flow", "attention"):
         raise ValueError(f"edges must be 'flow' or 'attention', got {edges!r}")
     keep = ro.attention_mask[row].bool().cpu()  # [T]
-    sub = Rollout(input_ids=ro.input_ids[row : row + 1, keep], attention_mask=ro.attention_mask[row : row + 1, keep],
-                  prompt_mask=ro.prompt_mask[row : row + 1, keep].cpu(), texts=[ro.texts[row]],
-                  response_mask=ro.response_mask[row : row + 1, keep].cpu(), lengths=ro.lengths[row : row + 1],
-                  answer_mask=ro.answer_mask[row : row + 1, keep].cpu(), attn=ro.attn[row : row + 1][:, keep][:, :, keep])
+    one = lambda x: x[row].cpu()[keep][None]  # noqa: E731  [1, T'] without padding
+    sub = Rollout(input_ids=one(ro.input_ids), attention_mask=one(ro.attention_mask), prompt_mask=one(ro.prompt_mask),
+                  response_mask=one(ro.response_mask), answer_mask=one(ro.answer_mask), texts=[ro.texts[row]],
+                  lengths=ro.lengths[row : row + 1], attn=ro.attn[row].cpu()[keep][:, keep][None])
     W, field = flow_of(sub)
     W, h, f, tau = W[0], field.h[0], field.f[0], field.tau[0]
     weights = f[:, None] * reweight(W, h, sub.answer_mask[0]) if edges == "flow" else W.double()  # [T, T]
@@ -364,8 +383,8 @@ def token_stats(model, tokenizer, examples: list[Example], ratio: float = 0.2, t
     ends with tau = 0 by construction and always land in the bottom set; they are left out unless after_answer."""
     high, low, every, used = Counter(), Counter(), Counter(), 0
     for s in range(0, len(examples), batch):
-        ro = generate(model, tokenizer, [e.prompt for e in examples[s : s + batch]], n=1, temperature=temperature,
-                      max_new_tokens=max_new_tokens, layers=layers)
+        ro = generate(model, tokenizer, [e.prompt for e in examples[s : s + batch]], n=1,
+                      max_new_tokens=max_new_tokens, layers=layers, **sampling(temperature))
         ok = ro.answer_mask.any(1).cpu()
         if not ok.any():
             continue
@@ -460,14 +479,12 @@ def regenerate(model, tokenizer, prefixes: list[Tensor], blocked: list[Tensor], 
             raise ValueError(f"row {i}: the last prefix token is fed to the model and cannot be blocked")
         ids[i, width - len(p) :], real[i, width - len(p) :], block[i, width - len(p) :] = p, True, b
     positions = (real.long().cumsum(-1) - 1).clamp_(min=0)  # [N, L]: counted over real tokens, blocked included
-    sampling = dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0) if temperature > 0 else \
-        dict(do_sample=False, temperature=None, top_k=None, top_p=None)
     torch.manual_seed(seed)
     dev = model.device
     out = model.generate(ids.to(dev), attention_mask=(real & ~block).long().to(dev), position_ids=positions.to(dev),
                          max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, return_dict_in_generate=True, output_logits=True,
-                         **sampling)
+                         **sampling(temperature, top_k))
     logits = torch.stack(out.logits, dim=1).cpu()  # [N, steps, V]
     if not torch.isfinite(logits).all():
         raise RuntimeError("non-finite logits under blocking: this attention backend does not tolerate a fully "
@@ -507,30 +524,31 @@ class Counts:
     scored: int = 0  # rows with a gold
 
 
-def _rows(ro: Rollout, keep: Tensor) -> Rollout:
-    """The rows of a rollout where keep [N] is True."""
-    idx = keep.nonzero().flatten()
-    take = lambda x: None if x is None else x[idx.to(x.device)]  # noqa: E731
-    return Rollout(input_ids=take(ro.input_ids), attention_mask=take(ro.attention_mask),
-                   prompt_mask=take(ro.prompt_mask), response_mask=take(ro.response_mask),
-                   answer_mask=take(ro.answer_mask), texts=[ro.texts[i] for i in idx.tolist()],
-                   lengths=take(ro.lengths), attn=take(ro.attn), layers=ro.layers)
-
-
 def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: float = 0.2,
-              temperature: float = 0.7, max_new_tokens: int = 128, layers=None,
-              conditions=CONDITIONS) -> tuple[dict[str, Counts], int]:
+              temperature: float = 0.7, max_new_tokens: int = 128, layers=None, conditions=CONDITIONS,
+              batch: int = 500) -> tuple[dict[str, Counts], int]:
     """Table 1 / appendix E.1. Per example: sample a response (temperature), trace its flow, truncate it at a
     random point before the answer region, block `ratio` of the response tokens before that point (the
     highest tau, the lowest tau, a random set, or none as the control), regenerate from the point with the
     same sampling settings and the same random seed for every condition, and compare the new final answer
     with the original one. Returns the counts per condition and the number of responses skipped (no
-    answer region, or too short to hold one blocked token before it).
+    answer region, or too short to hold one blocked token before it). `batch` examples at a time.
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    ro = generate(model, tokenizer, [e.prompt for e in examples], n=1, temperature=temperature, top_k=100,
-                  max_new_tokens=max_new_tokens, layers=layers, do_sample=temperature > 0)
+    parts, skipped = [], 0
+    for s in range(0, len(examples), batch):
+        counts, skip = _intervene_batch(model, tokenizer, examples[s : s + batch], rng, seed, ratio, temperature,
+                                        max_new_tokens, layers, conditions)
+        parts, skipped = parts + ([counts] if counts else []), skipped + skip
+    if not parts:
+        raise ValueError("no response has an answer region with enough tokens before it to intervene on")
+    return pooled(parts), skipped
+
+
+def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, max_new_tokens, layers, conditions):
+    ro = generate(model, tokenizer, [e.prompt for e in examples], n=1, max_new_tokens=max_new_tokens, layers=layers,
+                  **sampling(temperature))
     # top_k_mask must pick >= 1 of the candidates; the last kept token is no candidate (see `before`)
     min_kept = 1 + next(m for m in range(1, 10_000) if math.floor(m * ratio + 0.5) >= 1)
     resp = ro.response_mask.cpu()
@@ -539,7 +557,7 @@ def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: f
     ok = ro.answer_mask.cpu().any(1) & (first_answer - start >= min_kept)
     skipped = int((~ok).sum())
     if not ok.any():
-        raise ValueError("no response has an answer region with enough tokens before it to intervene on")
+        return None, skipped
     ro, kept_examples = _rows(ro, ok), [e for e, k in zip(examples, ok.tolist()) if k]
     start, first_answer = start[ok], first_answer[ok]
     _, field = flow_of(ro)  # [n, T]
@@ -556,8 +574,7 @@ def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: f
                   "random": top_k_mask(torch.rand(n, T, generator=gen), before, ratio),
                   "none": torch.zeros(n, T, dtype=torch.bool)}
     prefixes = [ids[i, valid[i] & (torch.arange(T) < cut[i])] for i in range(n)]
-    kept_text = [tokenizer.decode(ids[i, resp[ok][i] & (torch.arange(T) < cut[i])], skip_special_tokens=True)
-                 for i in range(n)]
+    kept = [ids[i, resp[ok][i] & (torch.arange(T) < cut[i])] for i in range(n)]  # the kept response tokens
     golds = [e.gold for e in kept_examples]
     old_ok = [math_reward(t, g) > 0 if g is not None else None for t, g in zip(ro.texts, golds)]
 
@@ -568,7 +585,7 @@ def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: f
         new_ids, _ = regenerate(model, tokenizer, prefixes, blocked, max_new_tokens, temperature, seed=seed)
         c = Counts(n=n)
         for i in range(n):
-            text = kept_text[i] + tokenizer.decode(new_ids[i], skip_special_tokens=True)
+            text = tokenizer.decode(torch.cat([kept[i], new_ids[i]]), skip_special_tokens=True)
             c.changed += answer_changed(ro.texts[i], text)
             if golds[i] is not None:
                 new_ok = math_reward(text, golds[i]) > 0
@@ -635,7 +652,7 @@ def format_overlap(model, tokenizer, examples: list[Example], ratios=(0.2, 0.4, 
     before the box's inside, identical in every format (so top-100% is 1 by construction). Responses are the
     model's greedy ones, teacher-forced with each answer form."""
     ro = generate(model, tokenizer, [e.prompt for e in examples], n=1, max_new_tokens=max_new_tokens,
-                  capture=False, do_sample=False, temperature=None, top_k=None, top_p=None)
+                  capture=False, **sampling(0))
     base = [t for t in ro.texts if boxed_span(t) is not None]
     if not base:
         raise ValueError("no greedy response holds a \\boxed{} answer")
@@ -724,7 +741,7 @@ def main(argv: list[str] | None = None) -> None:
             ro = teacher_forced(model, tokenizer, [examples[0].prompt], [args.response], args.layers)
         else:
             ro = generate(model, tokenizer, [examples[0].prompt], n=1, max_new_tokens=args.max_new_tokens,
-                          layers=args.layers, do_sample=False, temperature=None, top_k=None, top_p=None)
+                          layers=args.layers, **sampling(0))
         if not ro.answer_mask.any():
             raise SystemExit("the response has no answer region (empty response?): nothing to trace to")
         view = flow_view(ro, 0, tokenizer, args.ratio, args.edges)

@@ -244,6 +244,17 @@ def test_answer_changed_hand_cases():
     assert answer_changed("\\boxed{-8}", "\\boxed{8}")
 
 
+def test_load_examples_from_jsonl(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "What is 2+2?", "gold": "4"}\n\n{"prompt": "Name a prime."}\n')
+    ex = analyze.load_examples(None, str(f), problems=10, seed=0)
+    assert [(e.prompt, e.gold) for e in ex] == [("What is 2+2?", "4"), ("Name a prime.", None)]
+    assert analyze.load_examples("Hi", None, 5, 0)[0].prompt == "Hi"
+    f.write_text('{"prompt": "ok"}\n{"question": "no prompt field"}\n')
+    with pytest.raises(ValueError, match=r"p.jsonl:2"):
+        analyze.load_examples(None, str(f), 10, 0)
+
+
 def test_with_format():
     r = "4*2=8\n3+8=11\n\\boxed{11}"
     assert with_format(r, "x={a}") == "4*2=8\n3+8=11\n\\boxed{x=11}"
@@ -283,6 +294,9 @@ def test_intervene_end_to_end(tiny):
             assert 0 <= lo <= k / n <= hi <= 1
     # greedy control: truncating and regenerating with nothing blocked reproduces the greedy response
     assert res["none"].changed == 0 and res["none"].reversed == 0
+    # batching does not change what is measured (greedy: the truncation points come from the same stream)
+    res3, skipped3 = intervene(model, tok, examples, seed=0, temperature=0, max_new_tokens=48, batch=3)
+    assert skipped3 == skipped and all(vars(res3[c]) == vars(res[c]) for c in ("high", "low", "none"))
 
 
 def test_format_overlap_end_to_end(tiny):
