@@ -377,11 +377,13 @@ class TokenStats:
 
 
 def token_stats(model, tokenizer, examples: list[Example], ratio: float = 0.2, temperature: float = 0.7,
-                max_new_tokens: int = 128, batch: int = 64, layers=None, after_answer: bool = False) -> TokenStats:
+                max_new_tokens: int = 128, batch: int = 64, layers=None, after_answer: bool = False,
+                seed: int = 0) -> TokenStats:
     """Sample one response per example (E.1: T = 0.7), trace its flow, count the top and bottom `ratio` of
     its response tokens by tau (E.1: 20% per response). The tokens after the answer region ("}", EOS) are dead
     ends with tau = 0 by construction and always land in the bottom set; they are left out unless after_answer."""
     high, low, every, used = Counter(), Counter(), Counter(), 0
+    torch.manual_seed(seed)
     for s in range(0, len(examples), batch):
         ro = generate(model, tokenizer, [e.prompt for e in examples[s : s + batch]], n=1,
                       max_new_tokens=max_new_tokens, layers=layers, **sampling(temperature))
@@ -511,7 +513,9 @@ def answer_changed(old: str, new: str) -> bool:
     return a != b and math_reward(new, a) == 0.0
 
 
-CONDITIONS = ("high", "low", "random", "none")
+# high / low / random: Table 1. recent: the tokens right before the cut (is flow more than recency?); none: nothing
+# blocked, so its change rate is what truncating and resampling alone does.
+CONDITIONS = ("high", "low", "random", "recent", "none")
 
 
 @dataclass
@@ -546,46 +550,65 @@ def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: f
     return pooled(parts), skipped
 
 
+def _min_kept(ratio: float) -> int:
+    """Fewest kept response tokens that leave one to block: top_k_mask must pick >= 1 of the candidates, and
+    the last kept token is no candidate (see `truncate_and_select`)."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    return 1 + next(m for m in range(1, 10_000) if math.floor(m * ratio + 0.5) >= 1)
+
+
+def truncate_and_select(tau: Tensor, response_mask: Tensor, answer_mask: Tensor, ratio: float, rng: random.Random,
+                        gen: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    """Appendix E.1's protocol on a batch whose rows all hold an answer with >= _min_kept tokens before it.
+
+    Truncation: keep the first t response tokens, t uniform in [_min_kept, tokens before the answer region],
+    so the whole answer is regenerated. Candidates: the kept response tokens except the last one (its own
+    output gives the first regenerated token: blocking it cannot stop what it carries). Of those, `ratio`
+    (top_k_mask rounding) by condition. tau, masks: [n, T]. Returns cut [n] (the first position not kept)
+    and a bool [n, T] selection per condition.
+    """
+    n, T = tau.shape
+    pos = torch.arange(T)
+    start = response_mask.long().argmax(1)  # [n] first response position
+    first_answer = torch.where(answer_mask, pos, T).min(1).values  # [n]
+    cut = torch.tensor([int(s) + rng.randint(_min_kept(ratio), int(a - s)) for s, a in zip(start, first_answer)])
+    before = response_mask & (pos < cut[:, None] - 1)  # [n, T] candidates
+    return cut, {"high": top_k_mask(tau, before, ratio), "low": top_k_mask(tau, before, ratio, largest=False),
+                 "random": top_k_mask(torch.rand(n, T, generator=gen), before, ratio),
+                 "recent": top_k_mask(pos.double().expand(n, T), before, ratio),
+                 "none": torch.zeros(n, T, dtype=torch.bool)}
+
+
 def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, max_new_tokens, layers, conditions):
     ro = generate(model, tokenizer, [e.prompt for e in examples], n=1, max_new_tokens=max_new_tokens, layers=layers,
                   **sampling(temperature))
-    # top_k_mask must pick >= 1 of the candidates; the last kept token is no candidate (see `before`)
-    min_kept = 1 + next(m for m in range(1, 10_000) if math.floor(m * ratio + 0.5) >= 1)
-    resp = ro.response_mask.cpu()
-    first_answer = torch.where(ro.answer_mask.cpu(), torch.arange(resp.shape[1]), resp.shape[1]).min(1).values
-    start = resp.long().argmax(1)  # first response position
-    ok = ro.answer_mask.cpu().any(1) & (first_answer - start >= min_kept)
+    resp, answer = ro.response_mask.cpu(), ro.answer_mask.cpu()
+    tokens_before = (resp & (answer.long().cumsum(1) == 0)).sum(1)  # [N] response tokens before the answer
+    ok = answer.any(1) & (tokens_before >= _min_kept(ratio))
     skipped = int((~ok).sum())
     if not ok.any():
         return None, skipped
     ro, kept_examples = _rows(ro, ok), [e for e, k in zip(examples, ok.tolist()) if k]
-    start, first_answer = start[ok], first_answer[ok]
     _, field = flow_of(ro)  # [n, T]
-    ids, valid = ro.input_ids.cpu(), ro.attention_mask.cpu().bool()
+    ids, valid, resp = ro.input_ids.cpu(), ro.attention_mask.cpu().bool(), ro.response_mask.cpu()
     n, T = ids.shape
-
-    # truncation: keep t response tokens, t uniform in [min_kept, tokens before the answer]
-    cut = torch.tensor([int(s) + rng.randint(min_kept, int(a - s)) for s, a in zip(start, first_answer)])  # [n]
-    # candidates: the response tokens before the cut except the last kept one, whose own output gives the first
-    # regenerated token (blocking it cannot stop its information: it is the query of that step)
-    before = resp[ok] & (torch.arange(T) < cut[:, None] - 1)  # [n, T]
-    gen = torch.Generator().manual_seed(seed)
-    selections = {"high": top_k_mask(field.tau, before, ratio), "low": top_k_mask(field.tau, before, ratio, False),
-                  "random": top_k_mask(torch.rand(n, T, generator=gen), before, ratio),
-                  "none": torch.zeros(n, T, dtype=torch.bool)}
-    prefixes = [ids[i, valid[i] & (torch.arange(T) < cut[i])] for i in range(n)]
-    kept = [ids[i, resp[ok][i] & (torch.arange(T) < cut[i])] for i in range(n)]  # the kept response tokens
+    cut, selections = truncate_and_select(field.tau, resp, ro.answer_mask.cpu(), ratio, rng,
+                                          torch.Generator().manual_seed(seed))
+    kept = torch.arange(T) < cut[:, None]  # [n, T]
+    prefixes = [ids[i, valid[i] & kept[i]] for i in range(n)]
+    kept_response = [ids[i, resp[i] & kept[i]] for i in range(n)]
     golds = [e.gold for e in kept_examples]
     old_ok = [math_reward(t, g) > 0 if g is not None else None for t, g in zip(ro.texts, golds)]
 
     results = {}
     for cond in conditions:
         sel = selections[cond]
-        blocked = [sel[i, valid[i] & (torch.arange(T) < cut[i])] for i in range(n)]
+        blocked = [sel[i, valid[i] & kept[i]] for i in range(n)]
         new_ids, _ = regenerate(model, tokenizer, prefixes, blocked, max_new_tokens, temperature, seed=seed)
         c = Counts(n=n)
         for i in range(n):
-            text = tokenizer.decode(torch.cat([kept[i], new_ids[i]]), skip_special_tokens=True)
+            text = tokenizer.decode(torch.cat([kept_response[i], new_ids[i]]), skip_special_tokens=True)
             c.changed += answer_changed(ro.texts[i], text)
             if golds[i] is not None:
                 new_ok = math_reward(text, golds[i]) > 0
@@ -597,7 +620,7 @@ def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, 
     return results, skipped
 
 
-PAPER_TABLE1 = {"high": (45.9, 14.9), "low": (14.9, 0.5), "random": (29.5, 4.5), "none": (None, None)}
+PAPER_TABLE1 = {"high": (45.9, 14.9), "low": (14.9, 0.5), "random": (29.5, 4.5)}
 
 
 def _rate(k: int, n: int) -> str:
@@ -613,10 +636,9 @@ def intervene_table(runs: dict[str, dict[str, Counts]]) -> str:
              "| paper: change / reverse % |", "|---|---|---|---|---|---|---|---|"]
     for run, res in runs.items():
         for cond, c in res.items():
-            paper = PAPER_TABLE1[cond]
+            paper = PAPER_TABLE1.get(cond)
             lines.append(f"| {run} | {cond} | {c.n} | {_rate(c.changed, c.n)} | {_rate(c.reversed, c.scored)} | "
-                         f"{c.broke} | {c.fixed} | " + (f"{paper[0]} / {paper[1]}" if paper[0] is not None else "-")
-                         + " |")
+                         f"{c.broke} | {c.fixed} | " + (f"{paper[0]} / {paper[1]}" if paper else "-") + " |")
     return "\n".join(lines)
 
 
@@ -755,7 +777,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.cmd == "tokens":
         examples = load_examples(None, args.prompts, args.problems, args.seed)
         stats = token_stats(model, tokenizer, examples, args.ratio, args.temperature, args.max_new_tokens,
-                            layers=args.layers, after_answer=args.after_answer)
+                            layers=args.layers, after_answer=args.after_answer, seed=args.seed)
         print(tokens_table(stats, args.top))
         tokens_chart(stats, args.png, args.top)
         print(f"wrote {args.png}")

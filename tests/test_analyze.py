@@ -235,6 +235,39 @@ def test_token_class(token, cls):
     assert token_class(token) == cls
 
 
+def test_truncate_and_select_follows_the_protocol():
+    # T = 16: 3 prompt tokens, response at 3..14 (12 tokens), answer at 12..13, EOS at 14, pad at 15.
+    # tau rises with position except two spikes at 4 and 6, so high / recent / low must differ.
+    T, n = 16, 200
+    response = torch.zeros(n, T, dtype=torch.bool)
+    response[:, 3:15] = True
+    answer = torch.zeros(n, T, dtype=torch.bool)
+    answer[:, 12:14] = True
+    tau = torch.linspace(0.1, 0.2, T).expand(n, T).clone()
+    tau[:, 4], tau[:, 6] = 5.0, 4.0
+    rng, gen = __import__("random").Random(0), torch.Generator().manual_seed(0)
+    cut, sel = analyze.truncate_and_select(tau, response, answer, 0.2, rng, gen)
+    # 20%: round(0.2 m) >= 1 needs m >= 3 candidates, plus the last kept token -> keep 4..9 response tokens
+    assert analyze._min_kept(0.2) == 4
+    assert cut.min() == 3 + 4 and cut.max() == 12  # both ends of the range are drawn in 200 rows
+    for i in range(n):
+        m = int(cut[i]) - 3 - 1  # candidates: response tokens 3 .. cut-2
+        k = math.floor(0.2 * m + 0.5)
+        cand = set(range(3, int(cut[i]) - 1))
+        for name in ("high", "low", "random", "recent"):
+            picked = set(sel[name][i].nonzero().flatten().tolist())
+            assert len(picked) == k and picked <= cand, (name, i)
+        assert set(sel["recent"][i].nonzero().flatten().tolist()) == set(range(int(cut[i]) - 1 - k, int(cut[i]) - 1))
+        # slow reference: sort the candidates by tau (ties cannot occur here)
+        by_tau = sorted(cand, key=lambda p: float(tau[i, p]))
+        assert set(sel["low"][i].nonzero().flatten().tolist()) == set(by_tau[:k])
+        assert set(sel["high"][i].nonzero().flatten().tolist()) == set(by_tau[::-1][:k])
+        assert k == 0 or 4 in set(by_tau[::-1][:k])  # the spike is always picked first
+    assert not sel["none"].any()
+    # the random sets differ between rows (not always the same positions)
+    assert len({tuple(sel["random"][i].nonzero().flatten().tolist()) for i in range(n)}) > 5
+
+
 def test_answer_changed_hand_cases():
     assert not answer_changed("a\n\\boxed{6}", "b\n\\boxed{6}")
     assert answer_changed("\\boxed{6}", "\\boxed{7}")
@@ -285,7 +318,7 @@ def test_intervene_end_to_end(tiny):
     model, tok = tiny
     examples = ArithmeticTask().examples(4, seed=3)
     res, skipped = intervene(model, tok, examples, seed=0, temperature=0, max_new_tokens=48)
-    assert set(res) == {"high", "low", "random", "none"}
+    assert set(res) == {"high", "low", "random", "recent", "none"}
     for c in res.values():
         assert c.n == 4 - skipped > 0 and c.scored == c.n
         assert c.reversed == c.broke + c.fixed
@@ -296,7 +329,7 @@ def test_intervene_end_to_end(tiny):
     assert res["none"].changed == 0 and res["none"].reversed == 0
     # batching does not change what is measured (greedy: the truncation points come from the same stream)
     res3, skipped3 = intervene(model, tok, examples, seed=0, temperature=0, max_new_tokens=48, batch=3)
-    assert skipped3 == skipped and all(vars(res3[c]) == vars(res[c]) for c in ("high", "low", "none"))
+    assert skipped3 == skipped and all(vars(res3[c]) == vars(res[c]) for c in ("high", "low", "recent", "none"))
 
 
 def test_format_overlap_end_to_end(tiny):
