@@ -220,9 +220,11 @@ body {{ font-family: sans-serif; margin: 1.2em; color: #222; }}
 .legend span {{ margin-right: 1.5em; }}
 </style></head><body>
 <h3>FlowTracer: {title}</h3>
-<div class="legend"><span>background = throughput &tau; ({scale})</span><span class="top">&nbsp;top {pct}% response tokens&nbsp;</span>
+<div class="legend"><span>background = throughput &tau; ({scale})</span>
+<span class="top">&nbsp;top {pct}% response tokens&nbsp;</span>
 <span class="prompt">prompt</span><span class="answer">answer</span>
-<span style="color:#2166ac">&#9632; inflow</span><span style="color:#e67800">&#9632; outflow</span> (edges by {edge_kind}; hover or click a token)</div>
+<span style="color:#2166ac">&#9632; inflow</span><span style="color:#e67800">&#9632; outflow</span>
+(edges by {edge_kind}; hover or click a token)</div>
 <div id="text">{spans}</div>
 <div id="panel">Hover over a token to see its strongest inflow and outflow edges; click to pin.</div>
 <script type="application/json" id="flow-data">{data}</script>
@@ -249,7 +251,10 @@ body {{ font-family: sans-serif; margin: 1.2em; color: #222; }}
     clear();
     const mark = (edges, cls) => {{
       const m = Math.max(1e-300, ...edges.map(e => e[1]));
-      edges.forEach(([j, w]) => {{ toks[j].classList.add(cls); toks[j].style.setProperty("--w", (0.25 + 0.75 * w / m).toFixed(3)); }});
+      edges.forEach(([j, w]) => {{
+        toks[j].classList.add(cls);
+        toks[j].style.setProperty("--w", (0.25 + 0.75 * w / m).toFixed(3));
+      }});
     }};
     mark(data.inflow[i], "in");
     mark(data.outflow[i], "out");
@@ -286,8 +291,9 @@ def render_html(view: FlowView, title: str = "flow view", log_scale: bool = Fals
         r, g, b = (round(255 + (c - 255) * lev) for c in (215, 48, 31))
         classes = f"tok {reg}" + (" top" if top else "")
         color = "#fff" if lev > 0.65 else "#111"
-        spans.append(f'<span class="{classes}" data-i="{i}" style="background:rgb({r},{g},{b});color:{color}" title="tau={view.tau[i]:.3e}">'
-                     f"{html.escape(_shown(tok))}</span>" + ("\n" if tok.endswith("\n") else ""))
+        spans.append(f'<span class="{classes}" data-i="{i}" style="background:rgb({r},{g},{b});color:{color}" '
+                     f'title="tau={view.tau[i]:.3e}">{html.escape(_shown(tok))}</span>'
+                     + ("\n" if tok.endswith("\n") else ""))
     data = dict(tau=view.tau, region=view.region, top=view.top, inflow=view.inflow, outflow=view.outflow)
     return _PAGE.format(title=html.escape(title), spans="".join(spans), data=_json_for_script(data),
                         scale="log scale, 4 decades" if log_scale else "linear, 0 .. max",
@@ -295,14 +301,22 @@ def render_html(view: FlowView, title: str = "flow view", log_scale: bool = Fals
                         if view.edge_kind == "flow" else "raw attention W[i,k]")
 
 
-def render_png(view: FlowView, path: str | Path, log_scale: bool = False, width: int = 60) -> None:
-    """The same colouring as a PNG heat map (matplotlib): one box per token, top set outlined in black,
-    prompt text blue, answer text green; a new line after each newline token or every `width` characters."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, with mathtext off: tokens like "$" or "\\frac{" are
+    text, not LaTeX to parse."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def render_png(view: FlowView, path: str | Path, log_scale: bool = False, width: int = 60) -> None:
+    """The same colouring as a PNG heat map (matplotlib): one box per token, top set outlined in black,
+    prompt text blue, answer text green; a new line after each newline token or every `width` characters."""
+    plt = _pyplot()
     cells, x, y = [], 0, 0
     for tok in view.tokens:
         w = max(1, len(_shown(tok)))
@@ -414,7 +428,8 @@ def structural_share(counts: Counter) -> float:
 def tokens_table(stats: TokenStats, top: int = 15) -> str:
     lines = [f"{stats.responses} responses; structural share: high-flow {structural_share(stats.high):.1%}, "
              f"low-flow {structural_share(stats.low):.1%}, all response tokens {structural_share(stats.all):.1%}", "",
-             "| rank | high-flow token | count | class | low-flow token | count | class |", "|---|---|---|---|---|---|---|"]
+             "| rank | high-flow token | count | class | low-flow token | count | class |",
+             "|---|---|---|---|---|---|---|"]
     hi, lo = stats.high.most_common(top), stats.low.most_common(top)
     for i in range(max(len(hi), len(lo))):
         cells = []
@@ -426,11 +441,8 @@ def tokens_table(stats: TokenStats, top: int = 15) -> str:
 
 
 def tokens_chart(stats: TokenStats, path: str | Path, top: int = 15) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Fig. 3 as two bar charts: the most frequent high-flow and low-flow tokens, coloured by token_class."""
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.28 * top + 1.5), dpi=110)
     colour = {"structural": "#d7301f", "content": "#2166ac"}
     for ax, counts, name in ((axes[0], stats.high, "high-flow"), (axes[1], stats.low, "low-flow")):

@@ -5,6 +5,7 @@ import json
 import math
 import re
 import shutil
+from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -157,6 +158,17 @@ def test_html_is_self_contained_escaped_and_marks_regions():
     data = json.loads(re.search(r'<script type="application/json" id="flow-data">(.*?)</script>', page, re.S)[1])
     assert data["inflow"][4] == [[2, 0.4], [3, 0.1]] and data["outflow"][2] == [[4, 0.4], [3, 0.1]]
     assert "alert" not in json.dumps(data)
+
+
+def test_png_heat_map_and_token_chart_take_latex_like_tokens(tmp_path):
+    view = hand_view()
+    view.tokens[1] = "$\\frac{$"  # mathtext would fail to parse this
+    analyze.render_png(view, tmp_path / "h.png")
+    stats = analyze.TokenStats(high=Counter({"$\\frac{$": 3, "=": 2}), low=Counter({"$": 1}), all=Counter(),
+                               responses=1)
+    analyze.tokens_chart(stats, tmp_path / "c.png")
+    for name in ("h.png", "c.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_json_for_script_cannot_close_the_tag():
