@@ -75,6 +75,32 @@ def test_blocked_token_contents_are_unread(tiny):
     assert (lb[0] - lb[1]).abs().max() > 0.1
 
 
+def test_regenerate_matches_one_forward_with_a_hand_built_4d_mask(tiny):
+    # Independent reference: one cached-free forward over prefix + continuation with a 4D boolean mask built by
+    # hand (query q reads key k iff k <= q and k is not blocked, or k == q) and positions 0..L-1. Blocking must
+    # not renumber positions: HF would count them from a 2D mask with zeros unless position_ids are explicit.
+    model, tok = tiny
+    prefix = torch.cat([chat_ids(tok, "Compute 6*2+3-4."), torch.tensor(tok("6*2=12\n", add_special_tokens=False)
+                                                                        ["input_ids"])])
+    blocked = torch.zeros(len(prefix), dtype=torch.bool)
+    blocked[[3, 8, len(prefix) - 5, len(prefix) - 3]] = True
+    new, logits = regenerate(model, tok, [prefix], [blocked], max_new_tokens=6, temperature=0)
+    full = torch.cat([prefix, new[0]])[None]  # [1, L]
+    L = full.shape[1]
+    blk = torch.cat([blocked, torch.zeros(L - len(prefix), dtype=torch.bool)])
+    q, k = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    allowed = (k <= q) & (~blk[None, :] | (k == q))  # [L, L]
+    with torch.no_grad():
+        ref = model(input_ids=full, attention_mask=allowed[None, None], position_ids=torch.arange(L)[None]).logits
+    steps = logits.shape[1]
+    torch.testing.assert_close(logits[0], ref[0, len(prefix) - 1 : len(prefix) - 1 + steps], atol=1e-4, rtol=0)
+    # and the same forward with renumbered positions (what a bare 2D mask would give) is measurably different
+    with torch.no_grad():
+        shifted = (~blk).long().cumsum(0) - 1
+        bad = model(input_ids=full, attention_mask=allowed[None, None], position_ids=shifted.clamp(min=0)[None]).logits
+    assert (bad[0, len(prefix) - 1 :] - ref[0, len(prefix) - 1 :]).abs().max() > 1e-2
+
+
 def test_regenerate_without_blocking_matches_plain_generate_under_left_padding(tiny):
     # positions: rows of different lengths are left-padded; each must continue exactly as generate alone
     model, tok = tiny
