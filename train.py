@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -528,6 +529,17 @@ class MetricsLog:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def shut_down(accelerator: Accelerator) -> None:
+    """End a run in step: free the DDP wrapper (it holds the process group) while every process is still alive,
+    then destroy the group. A gloo group whose last reference goes at interpreter exit, after a peer has already
+    exited, can hang in its destructor. Call it after the last reference to the prepared model is dropped."""
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
     out = Path(cfg.out or ROOT / "runs" / f"{cfg.preset}-{cfg.credit}-seed{cfg.seed}")
@@ -593,7 +605,8 @@ def main(argv: list[str] | None = None) -> dict:
         plot(log.records, out / "curves.png", cfg.plot_ema)
     accelerator.print(f"run folder: {out}")
     accelerator.print(f"held-out accuracy: {first_eval:.3f} -> {accuracy:.3f}")
-    accelerator.end_training()
+    del model, optimizer, policy
+    shut_down(accelerator)
     return {"before": first_eval, "after": accuracy, "out": str(out)}
 
 

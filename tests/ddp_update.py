@@ -40,7 +40,8 @@ def main(out: str, aggregation: str) -> None:
     if accelerator.is_main_process:
         weights = {k: v.detach().cpu() for k, v in accelerator.unwrap_model(model).lm.state_dict().items()}
         torch.save({"weights": weights, "loss": stats["loss"]}, out)
-    accelerator.end_training()
+    del model, optimizer
+    train.shut_down(accelerator)
 
 
 if __name__ == "__main__":

@@ -37,5 +37,5 @@ def _digest(folder: Path) -> str:
 def test_build_script_is_deterministic(tmp_path):
     args = [sys.executable, str(ROOT / "tiny" / "build.py"), "--steps", "3", "--examples", "300", "--batch", "8"]
     for name in ("a", "b"):
-        subprocess.run(args + ["--out", str(tmp_path / name)], check=True, capture_output=True)
+        subprocess.run(args + ["--out", str(tmp_path / name)], check=True, capture_output=True, timeout=600)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")

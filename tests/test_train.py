@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A small run: 8 prompts x 4 samples, every group kept, 8 held-out problems.
 SMALL = ["--prompts-per-step", "8", "--group-size", "4", "--max-new-tokens", "40", "--eval-limit", "8",
          "--min-difficulty", "0", "--max-difficulty", "1", "--eval-every", "100"]
+TIMEOUT = 600  # seconds for a subprocess run: a hang (e.g. a distributed deadlock) fails instead of stalling CI
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
 
 
@@ -68,7 +69,8 @@ def _strip_times(rs: list[dict]) -> list[dict]:
 def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     args = SMALL + ["--steps", "4", "--save-every", "2", "--eval-every", "2", "--credit", "flow"]
     cmd = [sys.executable, str(ROOT / "train.py")] + args
-    subprocess.run(cmd + ["--out", str(tmp_path / "a")], check=True, env=ENV, capture_output=True, cwd=ROOT)
+    subprocess.run(cmd + ["--out", str(tmp_path / "a")], check=True, env=ENV, capture_output=True, cwd=ROOT,
+                   timeout=TIMEOUT)
 
     b = tmp_path / "b"
     proc = subprocess.Popen(cmd + ["--out", str(b)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -83,7 +85,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     proc.wait()
     assert [p.name for p in train.checkpoint_dirs(b)] == ["step-000002"]
 
-    done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True, text=True, cwd=ROOT,
+                          timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from" in done.stdout and "held-out accuracy:" in done.stdout
     assert _strip_times(records(b)) == _strip_times(records(tmp_path / "a"))
@@ -93,10 +96,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
 def test_two_process_update_equals_the_one_process_update(aggregation, tmp_path):
     script = str(ROOT / "tests" / "ddp_update.py")
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    subprocess.run([sys.executable, script, str(one), aggregation], check=True, env=ENV, capture_output=True)
+    subprocess.run([sys.executable, script, str(one), aggregation], check=True, env=ENV, capture_output=True,
+                   timeout=TIMEOUT)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
               str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port", "0"]
-    done = subprocess.run(launch + [script, str(two), aggregation], env=ENV, capture_output=True, text=True)
+    done = subprocess.run(launch + [script, str(two), aggregation], env=ENV, capture_output=True, text=True,
+                          timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     initial = initial_weights()
@@ -112,7 +117,7 @@ def test_accelerate_launch_two_processes_trains(tmp_path):
               str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port", "0"]
     done = subprocess.run(launch + [str(ROOT / "train.py")] + SMALL + ["--steps", "2", "--save-every", "2",
                                                                        "--out", str(tmp_path)],
-                          env=ENV, capture_output=True, text=True, cwd=ROOT)
+                          env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("held-out accuracy:") == 1  # printed by the main process only
     assert [r["step"] for r in records(tmp_path)] == [0, 1, 2]
