@@ -112,10 +112,12 @@ _QWEN3_MATH = dict(
     data="dapo", eval_data="math500", eval_limit=None, template="chat", prompts_per_step=64, group_size=8,
     micro_batch=32, lr=1e-6, warmup_steps=20, bf16=True, gradient_checkpointing=True, reward_workers=4,
     eval_every=50, save_every=50, keep_checkpoints=3,
-    generation_batch=16,  # 128 sequences per generate call: KV cache ~25 GB and attention buffer ~1 GB at 1K (4B)
+    # Qwen3-4B keeps 147 KB of KV cache per token: 4 prompts x 8 = 32 sequences of ~1.3K tokens take ~6 GB next to
+    # the 64 GB of float32 weights, gradients and Adam state that DDP holds on every GPU.
+    generation_batch=4,
 )
-# 8K responses: 16 sequences per generate call (KV cache ~20 GB, attention buffer 16 x 8.5K^2 x 4 B = 4.6 GB).
-_LONG = dict(generation_batch=2, micro_batch=8)
+# 8K responses: 8 sequences per generate call (KV ~10 GB, attention buffer 8 x 8.5K^2 x 4 B = 2.3 GB).
+_LONG = dict(generation_batch=1, micro_batch=8)
 _LLAMA_MATH = dict(_QWEN3_MATH, template="fewshot", eval_data="gsm8k")
 PRESETS: dict[str, dict] = {
     "tiny": {},
