@@ -284,6 +284,7 @@ def _rollout_rows(r: rollout.Rollout, index: torch.Tensor) -> rollout.Rollout:
 
 
 def sample(cfg: Config, policy: Policy, tokenizer, examples: list[data.Example]) -> rollout.Rollout:
+    """group_size responses per example; the attention is captured only for strategies that read it."""
     prompts, chat = zip(*(data.render_prompt(e.prompt, cfg.template) for e in examples))
     policy.lm.eval()
     r = rollout.generate(policy.lm, tokenizer, list(prompts), n=cfg.group_size, temperature=cfg.temperature,
