@@ -39,10 +39,11 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data import ArithmeticTask, Example
+from data import ArithmeticTask, Example, read_jsonl
 from flow import FlowField, influence_graph, reweight, top_k_mask, trace
 from rewards import answer_span, boxed_span, math_reward
-from rollout import Rollout, capture_attention, generate
+from eval import load_model
+from rollout import GREEDY, Rollout, capture_attention, generate
 
 TINY = Path(__file__).resolve().parent / "tiny" / "qwen3-arith"
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -52,15 +53,6 @@ Z95 = 1.959963984540054  # two-sided 95% normal quantile
 # Models, data, teacher forcing and the flow of a batch
 
 
-def load(path: str | Path = TINY):
-    """(model, tokenizer) in eval mode with SDPA attention (what rollout's capture needs)."""
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
 def load_examples(prompt: str | None, prompts_file: str | None, problems: int, seed: int) -> list[Example]:
     """--prompt TEXT, or --prompts FILE.jsonl ("prompt", optional "gold"), or the tiny arithmetic task."""
     if prompt is not None:
@@ -68,11 +60,8 @@ def load_examples(prompt: str | None, prompts_file: str | None, problems: int, s
     if prompts_file is None:
         return ArithmeticTask().examples(problems, seed)
     out = []
-    for line_no, line in enumerate(Path(prompts_file).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+    for line_no, row in read_jsonl(prompts_file):
+        if not isinstance(row.get("prompt"), str):
             raise ValueError(f"{prompts_file}:{line_no}: each line must be a JSON object with a string 'prompt'")
         out.append(Example(prompt=row["prompt"], gold=row.get("gold"), id=f"{prompts_file}:{line_no}"))
     if not out:
@@ -119,7 +108,7 @@ def sampling(temperature: float, top_k: int = 100) -> dict:
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if temperature == 0:
-        return dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        return dict(GREEDY)
     return dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=1.0)
 
 
@@ -129,16 +118,6 @@ def flow_of(ro: Rollout) -> tuple[Tensor, FlowField]:
         raise ValueError("the rollout has no attention: generate it with capture=True")
     W = influence_graph(ro.attn.cpu())  # [N, T, T]
     return W, trace(W, ro.prompt_mask.cpu(), ro.answer_mask.cpu())
-
-
-def _rows(ro: Rollout, keep: Tensor) -> Rollout:
-    """The rows of a rollout where keep [N] is True."""
-    idx = keep.nonzero().flatten()
-    take = lambda x: None if x is None else x[idx.to(x.device)]  # noqa: E731
-    return Rollout(input_ids=take(ro.input_ids), attention_mask=take(ro.attention_mask),
-                   prompt_mask=take(ro.prompt_mask), response_mask=take(ro.response_mask),
-                   answer_mask=take(ro.answer_mask), texts=[ro.texts[i] for i in idx.tolist()],
-                   lengths=take(ro.lengths), attn=take(ro.attn), layers=ro.layers)
 
 
 def token_texts(tokenizer, ids: list[int]) -> list[str]:
@@ -404,7 +383,7 @@ def token_stats(model, tokenizer, examples: list[Example], ratio: float = 0.2, t
         ok = ro.answer_mask.any(1).cpu()
         if not ok.any():
             continue
-        ro_ok = _rows(ro, ok)
+        ro_ok = ro.rows(ok.nonzero().flatten())
         _, field = flow_of(ro_ok)
         cand = ro_ok.response_mask.cpu()  # [n, T]
         if not after_answer:  # drop everything after the last answer token
@@ -601,7 +580,7 @@ def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, 
     skipped = int((~ok).sum())
     if not ok.any():
         return None, skipped
-    ro, kept_examples = _rows(ro, ok), [e for e, k in zip(examples, ok.tolist()) if k]
+    ro, kept_examples = ro.rows(ok.nonzero().flatten()), [e for e, k in zip(examples, ok.tolist()) if k]
     _, field = flow_of(ro)  # [n, T]
     ids, valid, resp = ro.input_ids.cpu(), ro.attention_mask.cpu().bool(), ro.response_mask.cpu()
     n, T = ids.shape
@@ -766,7 +745,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    model, tokenizer = load(args.model)
+    model, tokenizer = load_model(args.model)
     t0 = time.time()
 
     if args.cmd == "view":

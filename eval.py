@@ -54,7 +54,7 @@ def check_settings(n: int, temperature: float, top_p: float, batch_size: int, te
     if template not in data.TEMPLATES:
         raise ValueError(f"unknown template {template!r}; valid templates: {list(data.TEMPLATES)}")
     if temperature == 0:
-        return dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return dict(rollout.GREEDY)
     return dict(temperature=temperature, top_p=top_p, top_k=0)
 
 

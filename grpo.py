@@ -283,7 +283,9 @@ def _flow_scores(c: CreditInputs, strategy: str) -> tuple[Tensor, Tensor]:
     attn = _need(c, "attn", strategy)                                  # [B, T, T]
     ok = r.prompt_mask.any(-1) & r.answer_mask.any(-1)                 # [B] flow is defined
     tau = torch.zeros(r.response_mask.shape, dtype=torch.float64, device=attn.device)   # [B, T]
-    if ok.any():
+    if ok.all():                                                       # the usual case: no [B, T, T] row copy
+        tau = flow.throughput(flow.influence_graph(attn), r.prompt_mask, r.answer_mask)
+    elif ok.any():
         W = flow.influence_graph(attn[ok])                             # [b, T, T] eq. (1)
         tau[ok] = flow.throughput(W, r.prompt_mask[ok], r.answer_mask[ok])
     return tau, r.response_mask & ok[:, None]
@@ -472,6 +474,10 @@ CREDIT_STRATEGIES: dict[str, Callable[[CreditInputs], Tensor]] = {
     "flow-log1p": _flow_log1p,
     **{f"flow-mass{p}": partial(_flow_mass, p / 100) for p in (20, 40, 60, 80)},
 }
+
+
+# The strategies that read rollout.attn: rollout.generate must capture the attention for them.
+ATTENTION_STRATEGIES = frozenset({"attention"} | {s for s in CREDIT_STRATEGIES if s.startswith("flow")})
 
 
 def credit_gamma(

@@ -23,7 +23,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -35,6 +35,7 @@ from rewards import answer_span
 
 ATTN_NAME = "flowtracer"
 CHUNK_BYTES = 1 << 27  # scratch of one query chunk (float32 scores + probabilities): 128 MiB
+GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)  # generate kwargs: greedy decoding
 _UNSUPPORTED_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")  # score modifiers we do not reproduce
 
 
@@ -49,6 +50,15 @@ class Rollout:
     lengths: Tensor  # [N] long: response lengths in tokens
     attn: Tensor | None  # [N, T, T] float32 mean over `layers` and heads; None when capture=False
     layers: list[int] | None = None  # the layers averaged into attn
+
+    def rows(self, index: Tensor) -> Rollout:
+        """The rollout restricted to the rows `index` (1-D indices): every tensor, the texts and the attention."""
+        picked = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in picked.items():
+            if isinstance(value, Tensor):
+                picked[name] = value[index.to(value.device)]
+        picked["texts"] = [self.texts[i] for i in index.tolist()]
+        return Rollout(**picked)
 
 
 def default_layers(num_layers: int) -> list[int]:

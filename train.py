@@ -48,7 +48,6 @@ from eval import evaluate
 
 ROOT = Path(__file__).resolve().parent
 TINY_MODEL = str(ROOT / "tiny" / "qwen3-arith")
-ATTENTION_STRATEGIES = {"attention"} | {s for s in grpo.CREDIT_STRATEGIES if s.startswith("flow")}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -206,7 +205,7 @@ def load_model(cfg: Config, device: torch.device):
     except ValueError as e:  # transformers raises ValueError for an architecture without SDPA support
         raise SystemExit(f"{cfg.model}: cannot load with attn_implementation='sdpa', which the attention "
                          f"capture of rollout.py needs ({e})") from e
-    if cfg.credit in ATTENTION_STRATEGIES:
+    if cfg.credit in grpo.ATTENTION_STRATEGIES:
         rollout.resolve_layers(model, cfg.layers)  # a bad --layers fails now, not after the first rollout
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -215,14 +214,11 @@ def load_model(cfg: Config, device: torch.device):
 
 def load_examples(source: str, cfg: Config, held_out: bool) -> list[data.Example]:
     """Training or held-out examples. The synthetic task's training stream never repeats a held-out prompt."""
-    if source == "arith":
-        test = data.arith_heldout()
-        if held_out:
-            return test[: cfg.eval_limit]
-        return data.ArithmeticTask().examples(cfg.steps * cfg.prompts_per_step, seed=cfg.seed,
-                                              exclude=frozenset(e.prompt for e in test))
     if held_out:  # --data-format and --data-fields describe the training file
         return data.load_examples(source, limit=cfg.eval_limit, data_dir=cfg.data_dir)
+    if source == "arith":
+        held = frozenset(e.prompt for e in data.arith_heldout())
+        return data.ArithmeticTask().examples(cfg.steps * cfg.prompts_per_step, seed=cfg.seed, exclude=held)
     fields = None
     if cfg.data_fields:
         pairs = [kv.split("=", 1) for kv in cfg.data_fields.split(",")]
@@ -273,23 +269,13 @@ class Batch:
                                   else getattr(p, f.name) for p in pieces]) for f in dataclasses.fields(Batch)))
 
 
-def _rollout_rows(r: rollout.Rollout, index: torch.Tensor) -> rollout.Rollout:
-    """The rows `index` of a rollout (its tensors, texts and attention)."""
-    picked = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
-    for name, value in picked.items():
-        if isinstance(value, torch.Tensor):
-            picked[name] = value[index]
-    picked["texts"] = [r.texts[i] for i in index.tolist()]
-    return rollout.Rollout(**picked)
-
-
 def sample(cfg: Config, policy: Policy, tokenizer, examples: list[data.Example]) -> rollout.Rollout:
     """group_size responses per example; the attention is captured only for strategies that read it."""
     prompts, chat = zip(*(data.render_prompt(e.prompt, cfg.template) for e in examples))
     policy.lm.eval()
     r = rollout.generate(policy.lm, tokenizer, list(prompts), n=cfg.group_size, temperature=cfg.temperature,
                          top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                         capture=cfg.credit in ATTENTION_STRATEGIES, layers=cfg.layers, chat_template=chat[0])
+                         capture=cfg.credit in grpo.ATTENTION_STRATEGIES, layers=cfg.layers, chat_template=chat[0])
     policy.lm.train()
     return r
 
@@ -299,7 +285,7 @@ def credit(cfg: Config, r: rollout.Rollout, policy: Policy, step: int, rank: int
     gammas = []
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)  # for --credit random
     for idx in torch.arange(r.input_ids.shape[0]).split(cfg.micro_batch):
-        part = _rollout_rows(r, idx)
+        part = r.rows(idx)
         entropy = None
         if cfg.credit == "entropy":  # the policy's own next-token entropy, one no-grad pass
             with torch.no_grad():
@@ -341,7 +327,7 @@ def update(cfg: Config, accelerator: Accelerator, model, optimizer, batch: Batch
                 logp, logp.detach(), mb.advantages, mb.gamma[:, 1:], mb.response_mask[:, 1:], clip_eps=cfg.clip_eps,
                 dual_clip=cfg.dual_clip, adv_clip=cfg.adv_clip, aggregation=cfg.aggregation)
             accelerator.backward(loss * weight)
-        for k, v in stats.items() | {("loss", loss.item())}:  # statistics: weighted like the loss
+        for k, v in {**stats, "loss": loss.item()}.items():  # statistics: weighted like the loss
             sums[k] = sums.get(k, 0.0) + v * weight / world
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
     optimizer.step()
@@ -375,7 +361,7 @@ def rollout_piece(cfg: Config, policy: Policy, tokenizer, examples: list[data.Ex
         if len(kept) == 0:  # one row without response tokens: it weighs nothing, but no process runs out of rows
             kept = torch.zeros(1, dtype=torch.long, device=device)
             r.response_mask[0] = False
-        r_kept = _rollout_rows(r, kept)
+        r_kept = r.rows(kept)
         gamma = credit(cfg, r_kept, policy, step, rank)  # [b, T]
     piece = Batch(r_kept.input_ids, r_kept.attention_mask, r_kept.response_mask, gamma.to(device), advantages[kept])
     sums = {"reward": float(reward.sum()), "n": len(reward), "kept": float(keep.sum()),

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny():
-    return analyze.load(ROOT / "tiny" / "qwen3-arith")
+    return analyze.load_model(str(ROOT / "tiny" / "qwen3-arith"))
 
 
 def chat_ids(tokenizer, prompt: str) -> torch.Tensor:

@@ -271,3 +271,17 @@ def test_layer_bypassing_the_interface_is_detected():
     input_ids, attention_mask = padded_batch(100)
     with pytest.raises(RuntimeError, match="does not .*go through"):
         capture_attention(model, input_ids, attention_mask, layers=[2, 3])
+
+
+def test_rows_selects_every_field_of_the_same_rows():
+    n, t = 3, 5
+    r = rollout.Rollout(input_ids=torch.arange(n * t).view(n, t), attention_mask=torch.ones(n, t, dtype=torch.long),
+                        prompt_mask=torch.zeros(n, t, dtype=torch.bool), response_mask=torch.eye(n, t, dtype=torch.bool),
+                        answer_mask=torch.zeros(n, t, dtype=torch.bool), texts=["a", "b", "c"],
+                        lengths=torch.tensor([4, 5, 6]), attn=torch.arange(n * t * t, dtype=torch.float32).view(n, t, t),
+                        layers=[1, 2])
+    sub = r.rows(torch.tensor([2, 0]))
+    assert sub.texts == ["c", "a"] and sub.lengths.tolist() == [6, 4] and sub.layers == [1, 2]
+    assert torch.equal(sub.input_ids, r.input_ids[[2, 0]]) and torch.equal(sub.attn, r.attn[[2, 0]])
+    assert torch.equal(sub.response_mask, r.response_mask[[2, 0]])
+    assert r.rows(torch.tensor([], dtype=torch.long)).input_ids.shape == (0, t)
