@@ -133,11 +133,13 @@ class _Deadline(BaseException):
 
 
 @contextmanager
-def _deadline(seconds: float | None):
+def _deadline(seconds: float | None, every: float = 0.05):
     """Interrupt the block after `seconds` of wall clock (SIGALRM; main thread only, else no-op).
 
     Python code (sympy, the LaTeX parser) is interrupted between bytecodes; one huge C-level
-    operation is not, which is why `refuse_reason` keeps huge integers away from sympy.
+    operation is not, which is why `refuse_reason` keeps huge integers away from sympy. The alarm
+    repeats every `every` seconds after the deadline: a library's bare `except:` can swallow one
+    _Deadline, and a one-shot timer would then let the computation run to its end (once 1000 s).
     """
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
@@ -147,12 +149,17 @@ def _deadline(seconds: float | None):
         raise _Deadline()
 
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, seconds, every)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        while True:  # disarm and restore; an alarm landing meanwhile raises here and we try again
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old)
+                break
+            except _Deadline:
+                continue
 
 
 def _group_end(text: str, start: int, opener: str | None) -> int:

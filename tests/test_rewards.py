@@ -5,6 +5,7 @@ import itertools
 import json
 import random
 import re
+import signal
 import sys
 import time
 from fractions import Fraction
@@ -187,6 +188,22 @@ HOSTILE = {
     "sine of a huge number": "\\boxed{\\sin(10^{99999})}",
     "many boxes": "\\boxed{1}" * 20_000,
 }
+
+
+def test_deadline_survives_a_swallowed_alarm():
+    """A library's bare `except:` may swallow the first _Deadline; the repeating alarm raises it again."""
+    start = time.perf_counter()
+    with pytest.raises(rewards._Deadline):
+        with rewards._deadline(0.2):
+            try:
+                while time.perf_counter() - start < 10:
+                    pass
+            except BaseException:  # swallow the first alarm, like a bare except in a dependency
+                pass
+            while time.perf_counter() - start < 10:
+                pass
+    assert time.perf_counter() - start < 2.0
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 def test_math_reward_hostile_inputs_are_bounded():
