@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from data import ArithmeticTask, Example, read_jsonl
+from data import Example, read_jsonl
+from tasks import ArithmeticTask
 from flow import FlowField, influence_graph, reweight, top_k_mask, trace
 from rewards import answer_span, boxed_span, math_reward
 from eval import load_model

@@ -44,6 +44,7 @@ import data
 import grpo
 import rewards
 import rollout
+import tasks
 from eval import evaluate
 
 ROOT = Path(__file__).resolve().parent
@@ -216,9 +217,8 @@ def load_examples(source: str, cfg: Config, held_out: bool) -> list[data.Example
     """Training or held-out examples. The synthetic task's training stream never repeats a held-out prompt."""
     if held_out:  # --data-format and --data-fields describe the training file
         return data.load_examples(source, limit=cfg.eval_limit, data_dir=cfg.data_dir)
-    if source == "arith":
-        held = frozenset(e.prompt for e in data.arith_heldout())
-        return data.ArithmeticTask().examples(cfg.steps * cfg.prompts_per_step, seed=cfg.seed, exclude=held)
+    if source in tasks.TASKS:
+        return tasks.TASKS[source].training(cfg.steps * cfg.prompts_per_step, cfg.seed)
     fields = None
     if cfg.data_fields:
         pairs = [kv.split("=", 1) for kv in cfg.data_fields.split(",")]

@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data  # noqa: E402
+import tasks  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
 
@@ -25,7 +25,7 @@ def main(out: str, aggregation: str) -> None:
     cfg = train.Config(micro_batch=3, aggregation=aggregation, max_grad_norm=1e9)
     lm, tokenizer = train.load_model(cfg, accelerator.device)
     torch.manual_seed(0)
-    prompts = [e.prompt for e in data.ArithmeticTask().examples(4, seed=3)]
+    prompts = [e.prompt for e in tasks.ArithmeticTask().examples(4, seed=3)]
     r = rollout.generate(lm, tokenizer, prompts, n=4, max_new_tokens=40, capture=False)  # [16, T]
     g = torch.Generator().manual_seed(1)
     gamma = 1 + 0.5 * (torch.rand(r.input_ids.shape, generator=g) < 0.4)  # [16, T]

@@ -15,7 +15,7 @@ import torch
 import analyze
 from analyze import (FlowView, answer_changed, flow_view, format_overlap, intervene, regenerate, render_html,
                      teacher_forced, token_class, wilson, with_format)
-from data import ArithmeticTask
+from tasks import ArithmeticTask
 from flow import forward_flow, influence_graph, potential, reweight, top_k_mask
 from rollout import Rollout
 

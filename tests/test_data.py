@@ -1,62 +1,14 @@
-"""Tests of the synthetic arithmetic task (data.py): right answers, the wrong teacher, the trace format."""
+"""Tests of the benchmark loaders (data.py). Rows below are invented, shaped like the rows of each benchmark file."""
 
-import random
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
 
 import data
 import rewards
-
-
-def test_answers_match_an_independent_evaluator():
-    task, rng = data.ArithmeticTask(), random.Random(0)
-    for _ in range(500):
-        numbers, ops = task.sample(rng)
-        value, literals = rewards.parse_arithmetic(data.expression(numbers, ops))  # precedence by grammar
-        assert literals == numbers
-        assert task.problem(numbers, ops).answer == str(value)
-
-
-def test_traces_are_verifiable_and_the_wrong_teacher_is_wrong_only_where_precedence_matters():
-    task, rng = data.ArithmeticTask(), random.Random(1)
-    differs = 0
-    for _ in range(500):
-        numbers, ops = task.sample(rng)
-        gold = task.problem(numbers, ops).answer
-        right, wrong = data.trace(numbers, ops), data.trace(numbers, ops, precedence=False)
-        assert rewards.math_reward(right, gold) == 1.0
-        assert right.endswith(f"\\boxed{{{gold}}}")
-        if not data.precedence_matters(ops):
-            assert wrong == right
-        elif rewards.math_reward(wrong, gold) == 0.0:
-            differs += 1
-    assert differs > 100  # the wrong procedure really gives wrong answers on many problems
-
-
-def test_hand_examples():
-    assert data.trace([3, 4, 2, 5], ["+", "*", "-"]) == "4*2=8\n3+8=11\n11-5=6\n\\boxed{6}"
-    assert data.trace([3, 4, 2, 5], ["+", "*", "-"], precedence=False) == "3+4=7\n7*2=14\n14-5=9\n\\boxed{9}"
-    assert data.precedence_matters(["+", "*"]) and not data.precedence_matters(["*", "+", "-"])
-    assert data.ArithmeticTask().problems(3, seed=7) == data.ArithmeticTask().problems(3, seed=7)
-
-
-def test_examples_are_distinct_and_avoid_the_excluded_set():
-    task = data.ArithmeticTask()
-    held_out = task.examples(300, seed=1)
-    train = task.examples(2000, seed=2, exclude=frozenset(e.prompt for e in held_out))
-    prompts = [e.prompt for e in train]
-    assert len(set(prompts)) == len(prompts) == 2000
-    assert not set(prompts) & {e.prompt for e in held_out}
-    assert all(rewards.math_reward(f"\\boxed{{{e.gold}}}", e.gold) == 1.0 for e in train[:50])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Benchmark loaders. Rows below are invented, shaped like the rows of each file in ../shared/benchmarks.
-
-import json  # noqa: E402
-import sys  # noqa: E402
-import types  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 INSTR = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -323,10 +275,3 @@ def test_fewshot_prompt_holds_the_papers_two_examples_then_the_question():
     assert [t.split(":")[0] for t in turns] == ["User", "Assistant", "User", "Assistant", "User", "Assistant"]
     # the exemplar answers are right and boxed (12 + 8*2 = 28; 2x - 5 = 5 -> x = 5)
     assert rewards.math_reward(turns[1], "28") == 1.0 and rewards.math_reward(turns[3], "5") == 1.0
-
-
-def test_arith_heldout_is_fixed_and_distinct():
-    held = data.arith_heldout()
-    assert held == data.ArithmeticTask().examples(500, seed=data.ARITH_HELDOUT_SEED) == data.load_examples("arith")
-    assert len({e.prompt for e in held}) == 500
-    assert data.load_examples("arith", limit=7) == held[:7]

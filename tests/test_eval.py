@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
+import tasks
 import eval as ev
 import rewards
 import rollout
@@ -77,7 +78,7 @@ def test_aggregation_over_mixed_kinds_and_the_fewshot_wiring(monkeypatch, tiny):
 
 def test_greedy_evaluate_matches_a_direct_greedy_decode(tiny):
     model, tokenizer = tiny
-    examples = data.arith_heldout(20)
+    examples = tasks.arith_heldout(20)
     result = ev.evaluate(model, tokenizer, examples, n=1, temperature=0.0, max_new_tokens=40, template="chat",
                          batch_size=8, progress=False)
     direct = []
@@ -134,7 +135,7 @@ def test_errors_are_clear(tiny, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
     with pytest.raises(SystemExit, match=r"'gsm8k'.*pip install datasets.*--data-dir DIR holding gsm8k_test.jsonl"):
         ev.main(["--model", "no/such-model", "--benchmarks", "gsm8k", "--data-dir", "/nonexistent"])
-    examples = data.arith_heldout(2)
+    examples = tasks.arith_heldout(2)
     with pytest.raises(ValueError, match="identical responses; use n=1"):
         ev.evaluate(model, tokenizer, examples, n=4, temperature=0.0)
     bare = AutoTokenizer.from_pretrained(TINY)

@@ -6,8 +6,8 @@
    punctuation stay single tokens, like Qwen's), with a Qwen-shaped chat template.
 2. A tiny Qwen3 model from a transformers config (4 layers, so the middle-layer range L/3..2L/3 is a
    real choice).
-3. A short supervised warm start on step-by-step traces from data.ArithmeticTask, where the teacher
-   ignores operator precedence on a share of the problems (see data.py): RL has a wrong strategy to
+3. A short supervised warm start on step-by-step traces from tasks.ArithmeticTask, where the teacher
+   ignores operator precedence on a share of the problems (see tasks.py): RL has a wrong strategy to
    unlearn.
 4. save_pretrained: config.json, model.safetensors, tokenizer.json, tokenizer_config.json with the chat
    template. train.py loads it with AutoModelForCausalLM.from_pretrained, the same path as Qwen3.
@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import data  # noqa: E402
+import tasks  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "qwen3-arith"
 SPECIAL = {"bos": "<|endoftext|>", "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": "<unk>", "start": "<|im_start|>"}
@@ -40,12 +40,12 @@ CHAT_TEMPLATE = (
 def sft_examples(n: int, seed: int, wrong_share: float) -> list[tuple[str, str]]:
     """(prompt, response) pairs; on problems where precedence matters, `wrong_share` of the traces
     reduce left to right."""
-    task, rng = data.ArithmeticTask(), random.Random(seed)
+    task, rng = tasks.ArithmeticTask(), random.Random(seed)
     out = []
     for _ in range(n):
         numbers, ops = task.sample(rng)
-        wrong = data.precedence_matters(ops) and rng.random() < wrong_share
-        out.append((task.problem(numbers, ops).prompt, data.trace(numbers, ops, precedence=not wrong)))
+        wrong = tasks.precedence_matters(ops) and rng.random() < wrong_share
+        out.append((task.problem(numbers, ops).prompt, tasks.worked_solution(numbers, ops, precedence=not wrong)))
     return out
 
 
