@@ -15,6 +15,7 @@ from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tasks  # noqa: E402
+import distributed  # noqa: E402
 import rollout  # noqa: E402
 import train  # noqa: E402
 
@@ -23,7 +24,7 @@ def main(out: str, aggregation: str) -> None:
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
     cfg = train.Config(micro_batch=3, aggregation=aggregation, max_grad_norm=1e9)
-    lm, tokenizer = train.load_model(cfg, accelerator.device)
+    lm, tokenizer = train.load_for_training(cfg, accelerator.device)
     torch.manual_seed(0)
     prompts = [e.prompt for e in tasks.ArithmeticTask().examples(4, seed=3)]
     r = rollout.generate(lm, tokenizer, prompts, n=4, max_new_tokens=40, capture=False)  # [16, T]
@@ -41,7 +42,7 @@ def main(out: str, aggregation: str) -> None:
         weights = {k: v.detach().cpu() for k, v in accelerator.unwrap_model(model).lm.state_dict().items()}
         torch.save({"weights": weights, "loss": stats["loss"]}, out)
     del model, optimizer
-    train.shut_down(accelerator)
+    distributed.shut_down(accelerator)
 
 
 if __name__ == "__main__":

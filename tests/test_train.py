@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import grpo
+import runs
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [p.name for p in train.checkpoint_dirs(b)] == ["step-000002"]
+    assert [p.name for p in runs.checkpoint_dirs(b)] == ["step-000002"]
 
     done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True, text=True, cwd=ROOT,
                           timeout=TIMEOUT)
@@ -160,7 +161,7 @@ def test_data_order_depends_only_on_seed_and_step():
 
 def test_peak_tracking_ema_by_hand():
     # ema_1 = 1; ema_2 = .5 * max(0, 1) + .5 * 1 = 1; ema_3 = .5 * max(2, 1) + .5 * 1 = 1.5; ema_4 = .5*1.5+.5*1.5
-    assert train.peak_ema([1.0, 0.0, 2.0, 1.0], alpha=0.5) == [1.0, 1.0, 1.5, 1.5]
+    assert runs.peak_ema([1.0, 0.0, 2.0, 1.0], alpha=0.5) == [1.0, 1.0, 1.5, 1.5]
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
