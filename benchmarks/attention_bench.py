@@ -1,20 +1,25 @@
-"""Peak memory and time of attention capture vs eager output_attentions, a plain forward, and generate.
+"""Peak memory and time of attention capture vs eager output_attentions, plain forward, generate.
 
 Rows per sequence length T (batch N, second sequence left-padded by T/8):
-  eager   : eager forward with output_attentions=True (every layer's [N, H, T, T]), then the middle-layer mean
-  capture : rollout.capture_attention (one float32 [N, T, T] buffer, stops after the last selected layer)
-  forward : plain SDPA forward of the whole model (use_cache=False, logits of the last position only)
+  eager   : eager forward with output_attentions=True (every layer's [N, H, T, T]), then the
+            middle-layer mean
+  capture : rollout.capture_attention (one float32 [N, T, T] buffer; it stops after the last
+            selected layer)
+  forward : plain SDPA forward of the whole model (use_cache=False, last position's logits only)
   gen     : rollout.generate, prompt T/2 tokens + T/2 new tokens, capture=False
   gen+cap : the same with capture=True (same seed)
-  gen-ab  : time ratio gen+cap / gen, best of --repeats alternating runs in one process (the fair comparison on a
-            shared machine; the gen and gen+cap rows are single runs, for memory)
-Each row runs in a fresh subprocess. Memory on CPU: peak RSS of the subprocess minus its RSS peak after setup
-(model + inputs built); on CUDA: torch.cuda.max_memory_allocated minus the allocation after setup.
-Time: the best of --repeats runs after one untimed warm-up (gen, gen+cap: one run); on CPU it is the process's
-CPU time (one thread), which the other jobs of a shared machine disturb far less than wall time; on CUDA wall time.
+  gen-ab  : time ratio gen+cap / gen, best of --repeats alternating runs in one process (the fair
+            comparison on a shared machine; the gen and gen+cap rows are single runs, for memory)
+Each row runs in a fresh subprocess. Memory on CPU: peak RSS of the subprocess minus its RSS peak
+after setup (model + inputs built); on CUDA: torch.cuda.max_memory_allocated minus the allocation
+after setup. Time: the best of --repeats runs after one untimed warm-up (gen, gen+cap: one run); on
+CPU it is the process's CPU time (one thread), which the other jobs of a shared machine disturb far
+less than wall time; on CUDA wall time.
 
-    python benchmarks/attention_bench.py                    # CPU: small Qwen3, T in 512 1024 2048
-    python benchmarks/attention_bench.py --model qwen3-4b   # GPU (auto-detected): Qwen3-4B shape, bf16, T 1024 8192
+    python benchmarks/attention_bench.py                   # CPU: small Qwen3, T in 512 1024 2048
+    python benchmarks/attention_bench.py --model qwen3-4b  # GPU: Qwen3-4B shape, bf16, T 1024 8192
+
+The device is auto-detected (override with --device).
 """
 
 from __future__ import annotations
@@ -34,12 +39,12 @@ sys.path.insert(0, str(ROOT))
 
 SHAPES = {
     # a small Qwen3 that finishes on a shared CPU in minutes
-    "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8,
-                  num_key_value_heads=4, head_dim=32),
+    "small": dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=6,
+                  num_attention_heads=8, num_key_value_heads=4, head_dim=32),
     # Qwen3-4B's shape with random weights
-    "qwen3-4b": dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
-                     num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
-                     rope_theta=1_000_000.0),
+    "qwen3-4b": dict(vocab_size=151936, hidden_size=2560, intermediate_size=9728,
+                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                     head_dim=128, tie_word_embeddings=True, rope_theta=1_000_000.0),
 }
 OPS = ["eager", "capture", "forward", "gen", "gen+cap", "gen-ab"]
 
@@ -74,7 +79,8 @@ def peak_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device: str, repeats: int) -> dict:
+def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device: str,
+           repeats: int) -> dict:
     """Run one op in this (fresh) process; return its time and extra peak memory."""
     from rollout import capture_attention, default_layers, generate
 
@@ -91,22 +97,24 @@ def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device:
         with torch.no_grad():
             if op == "eager":
                 model.set_attn_implementation("eager")
-                out = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True,
-                            use_cache=False, logits_to_keep=1)
+                out = model(input_ids=input_ids, attention_mask=attention_mask,
+                            output_attentions=True, use_cache=False, logits_to_keep=1)
                 torch.stack([out.attentions[layer] for layer in layers]).float().mean(dim=(0, 2))
                 model.set_attn_implementation("sdpa")
             elif op == "capture":
                 capture_attention(model, input_ids, attention_mask)
             elif op == "forward":
-                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+                model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                      logits_to_keep=1)
             else:
                 torch.manual_seed(0)
-                generate(model, tokenizer, [prompt], n=n, max_new_tokens=t // 2, min_new_tokens=t // 2,
-                         capture=capture, chat_template=False)
+                generate(model, tokenizer, [prompt], n=n, max_new_tokens=t // 2,
+                         min_new_tokens=t // 2, capture=capture, chat_template=False)
 
     clock = time.perf_counter if device == "cuda" else time.process_time
 
-    if op == "gen-ab":  # time only: capture off and on alternately in one process (fair on a shared machine)
+    # time only: capture off and on alternately in one process (fair on a shared machine)
+    if op == "gen-ab":
         best = {}
         for _ in range(repeats):
             for capture in (False, True):
@@ -116,7 +124,8 @@ def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device:
                     torch.cuda.synchronize()
                 best[capture] = min(best.get(capture, float("inf")), clock() - start)
         ratio = best[True] / best[False]
-        return dict(op=op, t=t, seconds=None, extra_mib=None, ratio=ratio, note=f"gen+cap/gen = {ratio:.3f}x")
+        return dict(op=op, t=t, seconds=None, extra_mib=None, ratio=ratio,
+                    note=f"gen+cap/gen = {ratio:.3f}x")
     capture = op == "gen+cap"
 
     if device == "cuda":
@@ -137,16 +146,21 @@ def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device:
             times.append(clock() - start)
     except torch.OutOfMemoryError:
         return dict(op=op, t=t, seconds=None, extra_mib=None, note="OOM")
-    return dict(op=op, t=t, seconds=min(times), extra_mib=(peak_bytes(device) - base) / 2**20, note="")
+    extra_mib = (peak_bytes(device) - base) / 2**20
+    return dict(op=op, t=t, seconds=min(times), extra_mib=extra_mib, note="")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--model", choices=sorted(SHAPES), default=None, help="default: small on CPU, qwen3-4b on CUDA")
-    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="default: 512 1024 2048 (CPU), 1024 8192")
+    parser.add_argument("--model", choices=sorted(SHAPES), default=None,
+                        help="default: small on CPU, qwen3-4b on CUDA")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="default: 512 1024 2048 (CPU), 1024 8192")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 CPU, bf16 GPU")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: float32 CPU, bf16 GPU")
     parser.add_argument("--ops", nargs="+", choices=OPS, default=OPS)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--worker", nargs=2, metavar=("OP", "T"), help=argparse.SUPPRESS)
@@ -159,30 +173,33 @@ def main():
     if args.worker:
         if not gpu:
             torch.set_num_threads(1)  # a shared CPU
-        print(json.dumps(worker(args.worker[0], model_name, int(args.worker[1]), args.batch, dtype, args.device,
-                                args.repeats)))
+        op, t = args.worker[0], int(args.worker[1])
+        print(json.dumps(worker(op, model_name, t, args.batch, dtype, args.device, args.repeats)))
         return
 
     lengths = args.lengths or ([1024, 8192] if gpu else [512, 1024, 2048])
     shape = SHAPES[model_name]
-    print(f"model={model_name} {shape} dtype={dtype_name} device={args.device} batch N={args.batch} "
-          f"torch={torch.__version__} threads={1 if not gpu else 'n/a'}")
+    print(f"model={model_name} {shape} dtype={dtype_name} device={args.device} "
+          f"batch N={args.batch} torch={torch.__version__} threads={1 if not gpu else 'n/a'}")
     print(f"{'T':>6} {'op':>8} {'time s':>9} {'extra MiB':>10} {'N*T*T*4 MiB':>12}  note")
     for t in lengths:
         rows = {}
         for op in args.ops:
-            cmd = [sys.executable, __file__, "--worker", op, str(t), "--device", args.device, "--model", model_name,
-                   "--dtype", dtype_name, "--batch", str(args.batch), "--repeats", str(args.repeats)]
+            cmd = [sys.executable, __file__, "--worker", op, str(t), "--device", args.device,
+                   "--model", model_name, "--dtype", dtype_name, "--batch", str(args.batch),
+                   "--repeats", str(args.repeats)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                row = dict(op=op, t=t, seconds=None, extra_mib=None, note=f"failed: {proc.stderr.strip()[-200:]}")
+                row = dict(op=op, t=t, seconds=None, extra_mib=None,
+                           note=f"failed: {proc.stderr.strip()[-200:]}")
             else:
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows[op] = row
             buffer_mib = args.batch * t * t * 4 / 2**20
             seconds = "-" if row["seconds"] is None else f"{row['seconds']:.3f}"
             extra = "-" if row["extra_mib"] is None else f"{row['extra_mib']:.0f}"
-            print(f"{t:>6} {op:>8} {seconds:>9} {extra:>10} {buffer_mib:>12.0f}  {row['note']}", flush=True)
+            print(f"{t:>6} {op:>8} {seconds:>9} {extra:>10} {buffer_mib:>12.0f}  {row['note']}",
+                  flush=True)
         ratios = []
         for a, b in (("capture", "forward"), ("eager", "capture")):
             if rows.get(a, {}).get("seconds") and rows.get(b, {}).get("seconds"):

@@ -1,10 +1,11 @@
-"""Held-out accuracy of the embedded default over seeds, for several credit strategies (the README's table).
+"""Held-out accuracy of the embedded default over seeds, per credit strategy (the README's table).
 
     python benchmarks/credit_seeds.py --credits flow uniform --seeds 0 1 2 --jobs 2
 
-Each run is `python train.py --credit C --seed S` (the default tiny run) in its own process, with one torch
-thread when --jobs > 1 so that parallel runs do not fight over the cores. Prints one row per run and, per
-strategy, the mean and sample standard deviation of the final held-out accuracy over seeds.
+Each run is `python train.py --credit C --seed S` (the default tiny run) in its own process, with
+one torch thread when --jobs > 1 so that parallel runs do not fight over the cores. Prints one row
+per run and, per strategy, the mean and sample standard deviation of the final held-out accuracy
+over seeds.
 """
 
 import argparse
@@ -24,19 +25,20 @@ def run(credit: str, seed: int, out: Path, threads: int | None, extra: list[str]
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     folder = out / f"{credit}-seed{seed}"
-    cmd = [sys.executable, str(ROOT / "train.py"), "--credit", credit, "--seed", str(seed), "--out", str(folder),
-           "--overwrite", "--save-every", "0", *extra]
+    cmd = [sys.executable, str(ROOT / "train.py"), "--credit", credit, "--seed", str(seed),
+           "--out", str(folder), "--overwrite", "--save-every", "0", *extra]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     evals = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
     steps = [r for r in records if "reward" in r]
     seconds = sum(v for r in steps for k, v in r.items() if k.startswith("time_"))
-    return {"credit": credit, "seed": seed, "before": evals[0], "after": evals[-1], "best": max(evals),
-            "train_s": seconds, "s_per_step": seconds / len(steps)}
+    return {"credit": credit, "seed": seed, "before": evals[0], "after": evals[-1],
+            "best": max(evals), "train_s": seconds, "s_per_step": seconds / len(steps)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--credits", nargs="+", default=["flow", "uniform"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=1)
@@ -49,14 +51,14 @@ def main() -> None:
         rows = list(pool.map(lambda job: run(*job, args.out, threads, args.extra), jobs))
     print(f"{'credit':>10} {'seed':>4} {'before':>7} {'after':>7} {'best':>7} {'s/step':>7}")
     for r in rows:
-        print(f"{r['credit']:>10} {r['seed']:>4} {r['before']:7.3f} {r['after']:7.3f} {r['best']:7.3f} "
-              f"{r['s_per_step']:7.2f}")
+        print(f"{r['credit']:>10} {r['seed']:>4} {r['before']:7.3f} {r['after']:7.3f} "
+              f"{r['best']:7.3f} {r['s_per_step']:7.2f}")
     for credit in args.credits:
         after = [r["after"] for r in rows if r["credit"] == credit]
         gain = [r["after"] - r["before"] for r in rows if r["credit"] == credit]
         sd = statistics.stdev(after) if len(after) > 1 else float("nan")
-        print(f"{credit:>10}: after {statistics.mean(after):.3f} +- {sd:.3f} (sd over {len(after)} seeds), "
-              f"gain {statistics.mean(gain):+.3f}")
+        print(f"{credit:>10}: after {statistics.mean(after):.3f} +- {sd:.3f} "
+              f"(sd over {len(after)} seeds), gain {statistics.mean(gain):+.3f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""rollout.py: captured attention == eager output_attentions, unchanged sampling, masks, clear errors.
+"""rollout.py: captured attention == eager output_attentions, same sampling, masks, clear errors.
 
-Tiny random Qwen3 / Llama models (float32, GQA: 4 query heads over 2 KV heads) and a byte-level BPE tokenizer
-trained on the spot with a ChatML-style chat template.
+Tiny random Qwen3 / Llama models (float32, GQA: 4 query heads over 2 KV heads) and a byte-level BPE
+tokenizer trained on the spot with a ChatML-style chat template.
 """
 
 import copy
@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerFast,
-                          Qwen3Config, Qwen3ForCausalLM)
+from transformers import (LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList,
+                          PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM)
 
 import rollout
 from rollout import _char_span_to_tokens, capture_attention, default_layers, generate
@@ -36,14 +36,15 @@ def tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", chat_template=CHAT_TEMPLATE)
 
 
 def tiny(arch: str, vocab_size: int, **extra):
     torch.manual_seed(0)
     shape = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                 max_position_embeddings=256)
     if arch == "qwen3":
         model = Qwen3ForCausalLM(Qwen3Config(**shape, **extra))
     else:
@@ -62,7 +63,10 @@ def prompt_length(tokenizer, prompt: str) -> int:
 
 
 def eager_reference(model, input_ids, attention_mask, layers):
-    """Independent slow path: eager output_attentions, mean over layers and heads, padding rows/columns zeroed."""
+    """Independent slow path: eager output_attentions, mean over layers and heads.
+
+    Padding rows and columns are zeroed.
+    """
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     model.set_attn_implementation("eager")
     try:
@@ -76,7 +80,10 @@ def eager_reference(model, input_ids, attention_mask, layers):
 
 
 def padded_batch(vocab_size: int):
-    """Three sequences: left-padded by 3, unpadded, left-padded by 1 and right-padded by 2 (pad after EOS)."""
+    """Three sequences: left-padded by 3; unpadded; left-padded by 1 and right-padded by 2.
+
+    The right padding stands for pad after EOS.
+    """
     g = torch.Generator().manual_seed(1)
     input_ids = torch.randint(3, vocab_size, (3, 12), generator=g)
     attention_mask = torch.ones(3, 12, dtype=torch.long)
@@ -87,7 +94,7 @@ def padded_batch(vocab_size: int):
 
 
 class ForceTokens(LogitsProcessor):
-    """Test-only scripted 'sampling': row r emits script[r][j] at its j-th step (when the script has one)."""
+    """Test-only scripted 'sampling': row r emits script[r][j] at step j, while it lasts."""
 
     def __init__(self, prompt_width: int, scripts: dict[int, list[int]]):
         self.width, self.scripts = prompt_width, scripts
@@ -110,7 +117,7 @@ def test_capture_attention_matches_eager(arch, layers):
     want = eager_reference(model, input_ids, attention_mask, layers or default_layers(6))
     assert got.dtype == torch.float32 and got.shape == (3, 12, 12)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    # Padding rows/columns are exactly 0; each valid row is a distribution over valid keys (sums to 1).
+    # Padding rows/columns are exactly 0; each valid row sums to 1 (a distribution over valid keys).
     assert (got[0, :3] == 0).all() and (got[0, :, :3] == 0).all() and (got[2, -2:] == 0).all()
     valid = attention_mask.bool()
     torch.testing.assert_close(got.sum(-1)[valid], torch.ones(int(valid.sum())), atol=1e-5, rtol=0)
@@ -118,9 +125,9 @@ def test_capture_attention_matches_eager(arch, layers):
 
 
 def test_capture_attention_bf16_follows_eager_numerics():
-    # Layer 0 sees the same bf16 inputs in both paths and scores are computed as eager does (bf16 Q K^T * scale,
-    # float32 softmax); eager returns its weights rounded to bf16 (up to 2**-9 relative), hence atol 2e-3. A wrong
-    # layer or head grouping is off by ~0.4 here.
+    # Layer 0 sees the same bf16 inputs in both paths and scores are computed as eager does (bf16
+    # Q K^T * scale, float32 softmax); eager returns its weights rounded to bf16 (up to 2**-9
+    # relative), hence atol 2e-3. A wrong layer or head grouping is off by ~0.4 here.
     model = tiny("qwen3", vocab_size=100).to(torch.bfloat16)
     input_ids, attention_mask = padded_batch(100)
     got = capture_attention(model, input_ids, attention_mask, layers=[0])
@@ -136,7 +143,8 @@ def test_capture_attention_chunking_is_exact():
     one_row = capture_attention(model, input_ids, attention_mask, chunk_bytes=1)
     whole = capture_attention(model, input_ids, attention_mask)
     torch.testing.assert_close(one_row, whole, atol=1e-6, rtol=0)
-    # Without padding transformers passes no mask (plain causal): the chunks rebuild the causal rows themselves.
+    # Without padding, transformers passes no mask (plain causal): the chunks rebuild the causal
+    # rows themselves.
     one_row = capture_attention(model, input_ids[1:2], attention_mask[1:2], chunk_bytes=1)
     want = eager_reference(model, input_ids[1:2], attention_mask[1:2], default_layers(6))
     torch.testing.assert_close(one_row, want, atol=1e-5, rtol=0)
@@ -151,15 +159,18 @@ def test_generate_capture_matches_eager_on_final_sequences(arch, tokenizer):
     # Row 0 ends with EOS at its 4th token (then pads), the others run to max_new_tokens=9.
     force = ForceTokens(width, {0: [5, 6, 7, eos]})
     torch.manual_seed(0)
-    out = generate(model, tokenizer, prompts, n=2, max_new_tokens=9, logits_processor=LogitsProcessorList([force]),
-                   suppress_tokens=[eos])  # suppress EOS elsewhere so that only row 0 stops early
+    # suppress EOS elsewhere so that only row 0 stops early
+    out = generate(model, tokenizer, prompts, n=2, max_new_tokens=9,
+                   logits_processor=LogitsProcessorList([force]), suppress_tokens=[eos])
     assert out.input_ids.shape == (4, width + 9)
     assert out.lengths.tolist() == [4, 9, 9, 9]
     want = eager_reference(model, out.input_ids, out.attention_mask, default_layers(6))
     torch.testing.assert_close(out.attn, want, atol=1e-5, rtol=0)
     # The last token of every sequence has its full row (the extra cached step): it sums to 1.
-    last = out.attention_mask.shape[1] - 1 - out.attention_mask.flip(1).argmax(1)  # [N] index of last real token
-    torch.testing.assert_close(out.attn[torch.arange(4), last].sum(-1), torch.ones(4), atol=1e-5, rtol=0)
+    # [N] index of the last real token
+    last = out.attention_mask.shape[1] - 1 - out.attention_mask.flip(1).argmax(1)
+    row_sums = out.attn[torch.arange(4), last].sum(-1)  # [N]
+    torch.testing.assert_close(row_sums, torch.ones(4), atol=1e-5, rtol=0)
     # Pad after EOS (row 0) and left pad (row 0/1: the shorter prompt) have zero rows and columns.
     assert (out.attn[0, width + 4 :] == 0).all() and (out.attn[0, :, width + 4 :] == 0).all()
     left = width - int(out.prompt_mask[0].sum())
@@ -194,23 +205,27 @@ def test_prompt_and_answer_masks(tokenizer):
     rendered = [render(tokenizer, p) for p in prompts]
     width = max(prompt_length(tokenizer, p) for p in prompts)
     # Scripted responses, each piece encoded alone so the boxed answer "42" has its own tokens.
-    pieces = [tokenizer.encode(s, add_special_tokens=False) for s in ("The answer is \\boxed{", "42", "}.")]
+    pieces = [tokenizer.encode(s, add_special_tokens=False)
+              for s in ("The answer is \\boxed{", "42", "}.")]
     script = pieces[0] + pieces[1] + pieces[2] + [tokenizer.eos_token_id]
-    answer_at = list(range(len(pieces[0]), len(pieces[0]) + len(pieces[1])))  # response positions of "42"
+    # response positions of "42"
+    answer_at = list(range(len(pieces[0]), len(pieces[0]) + len(pieces[1])))
+    force = ForceTokens(width, {0: script, 1: script})
     out = generate(model, tokenizer, prompts, n=1, max_new_tokens=len(script) + 3, capture=False,
-                   logits_processor=LogitsProcessorList([ForceTokens(width, {0: script, 1: script})]))
+                   logits_processor=LogitsProcessorList([force]))
     for row in range(2):
         # The prompt mask covers exactly the rendered chat template (no padding).
         prompt_ids = out.input_ids[row, out.prompt_mask[row]]
         assert tokenizer.decode(prompt_ids) == rendered[row]
         assert out.prompt_mask[row].sum() == prompt_length(tokenizer, prompts[row])
-        # Response: the script up to and including EOS; the answer mask is exactly the tokens of "42".
+        # Response: the script through EOS; the answer mask is exactly the tokens of "42".
         assert out.input_ids[row, out.response_mask[row]].tolist() == script
         assert out.texts[row] == "The answer is \\boxed{42}."
         assert out.answer_mask[row].nonzero().squeeze(1).tolist() == [width + j for j in answer_at]
         assert tokenizer.decode(out.input_ids[row, out.answer_mask[row]]) == "42"
         assert not (out.answer_mask[row] & ~out.response_mask[row]).any()
-    assert out.prompt_mask[0].sum() != out.prompt_mask[1].sum()  # the shorter prompt was left-padded
+    # the shorter prompt was left-padded
+    assert out.prompt_mask[0].sum() != out.prompt_mask[1].sum()
 
 
 class CharTokens:
@@ -256,7 +271,8 @@ def test_bad_inputs_raise_clear_errors(tokenizer):
 
 
 def test_sliding_window_layer_is_refused_and_state_restored():
-    model = tiny("qwen3", vocab_size=100, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    model = tiny("qwen3", vocab_size=100, use_sliding_window=True, sliding_window=4,
+                 max_window_layers=0)
     assert model.config.layer_types[3] == "sliding_attention"
     input_ids, attention_mask = padded_batch(100)
     with pytest.raises(NotImplementedError, match="sliding-window"):
@@ -275,10 +291,13 @@ def test_layer_bypassing_the_interface_is_detected():
 
 def test_rows_selects_every_field_of_the_same_rows():
     n, t = 3, 5
-    r = rollout.Rollout(input_ids=torch.arange(n * t).view(n, t), attention_mask=torch.ones(n, t, dtype=torch.long),
-                        prompt_mask=torch.zeros(n, t, dtype=torch.bool), response_mask=torch.eye(n, t, dtype=torch.bool),
+    r = rollout.Rollout(input_ids=torch.arange(n * t).view(n, t),
+                        attention_mask=torch.ones(n, t, dtype=torch.long),
+                        prompt_mask=torch.zeros(n, t, dtype=torch.bool),
+                        response_mask=torch.eye(n, t, dtype=torch.bool),
                         answer_mask=torch.zeros(n, t, dtype=torch.bool), texts=["a", "b", "c"],
-                        lengths=torch.tensor([4, 5, 6]), attn=torch.arange(n * t * t, dtype=torch.float32).view(n, t, t),
+                        lengths=torch.tensor([4, 5, 6]),
+                        attn=torch.arange(n * t * t, dtype=torch.float32).view(n, t, t),
                         layers=[1, 2])
     sub = r.rows(torch.tensor([2, 0]))
     assert sub.texts == ["c", "a"] and sub.lengths.tolist() == [6, 4] and sub.layers == [1, 2]

@@ -18,8 +18,8 @@ def test_shipped_model_loads_like_a_hub_model():
     assert type(model).__name__ == "Qwen3ForCausalLM" and model.config.num_hidden_layers == 4
     assert 4e5 <= sum(p.numel() for p in model.parameters()) <= 2e6
     assert tok.eos_token == "<|im_end|>" and tok.pad_token_id is not None
-    rendered = tok.apply_chat_template([{"role": "user", "content": "Compute 3+4*2-5."}], tokenize=False,
-                                       add_generation_prompt=True)
+    rendered = tok.apply_chat_template([{"role": "user", "content": "Compute 3+4*2-5."}],
+                                       tokenize=False, add_generation_prompt=True)
     assert rendered == "<|im_start|>user\nCompute 3+4*2-5.<|im_end|>\n<|im_start|>assistant\n"
     ids = tok("-13", add_special_tokens=False)["input_ids"]
     assert [tok.decode([i]) for i in ids] == ["-", "1", "3"]  # digits one by one
@@ -27,15 +27,19 @@ def test_shipped_model_loads_like_a_hub_model():
     enc = tok(rendered, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=40, do_sample=False)
-    assert tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).endswith("\\boxed{6}")
+    response = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert response.endswith("\\boxed{6}")
 
 
 def _digest(folder: Path) -> str:
-    return hashlib.sha256(b"".join((folder / f).read_bytes() for f in ("model.safetensors", "tokenizer.json"))).hexdigest()
+    files = ("model.safetensors", "tokenizer.json")
+    return hashlib.sha256(b"".join((folder / f).read_bytes() for f in files)).hexdigest()
 
 
 def test_build_script_is_deterministic(tmp_path):
-    args = [sys.executable, str(ROOT / "tiny" / "build.py"), "--steps", "3", "--examples", "300", "--batch", "8"]
+    args = [sys.executable, str(ROOT / "tiny" / "build.py"), "--steps", "3", "--examples", "300",
+            "--batch", "8"]
     for name in ("a", "b"):
-        subprocess.run(args + ["--out", str(tmp_path / name)], check=True, capture_output=True, timeout=600)
+        subprocess.run(args + ["--out", str(tmp_path / name)], check=True, capture_output=True,
+                       timeout=600)
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")

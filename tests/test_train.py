@@ -1,4 +1,7 @@
-"""train.py end to end on the shipped tiny model: every credit strategy, resume after kill -9, 2-process DDP, bad input."""
+"""train.py end to end on the shipped tiny model.
+
+Every credit strategy, resume after kill -9, 2-process DDP, bad input.
+"""
 
 import json
 import os
@@ -19,9 +22,11 @@ import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small run: 8 prompts x 4 samples, every group kept, 8 held-out problems.
-SMALL = ["--prompts-per-step", "8", "--group-size", "4", "--max-new-tokens", "40", "--eval-limit", "8",
-         "--min-difficulty", "0", "--max-difficulty", "1", "--eval-every", "100"]
-TIMEOUT = 600  # seconds for a subprocess run: a hang (e.g. a distributed deadlock) fails instead of stalling CI
+SMALL = ["--prompts-per-step", "8", "--group-size", "4", "--max-new-tokens", "40",
+         "--eval-limit", "8", "--min-difficulty", "0", "--max-difficulty", "1",
+         "--eval-every", "100"]
+# seconds for a subprocess run: a hang (e.g. a distributed deadlock) fails instead of stalling CI
+TIMEOUT = 600
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
 
 
@@ -34,13 +39,15 @@ def initial_weights() -> dict[str, torch.Tensor]:
 
 
 TOP_K = {"flow", "flow-bottom", "random", "entropy", "attention", "gradient"}
-SPREAD = {"flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"}  # mean weight 1 + ratio * (gamma - 1) by design
+# mean weight 1 + ratio * (gamma - 1) by design
+SPREAD = {"flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"}
 
 
 @pytest.mark.parametrize("strategy", sorted(grpo.CREDIT_STRATEGIES))
 def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
     torch.set_num_threads(1)
-    result = train.main(SMALL + ["--steps", "2", "--save-every", "2", "--credit", strategy, "--out", str(tmp_path)])
+    result = train.main(SMALL + ["--steps", "2", "--save-every", "2", "--credit", strategy,
+                                 "--out", str(tmp_path)])
     steps = [r for r in records(tmp_path) if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:
@@ -70,14 +77,15 @@ def _strip_times(rs: list[dict]) -> list[dict]:
 def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     args = SMALL + ["--steps", "4", "--save-every", "2", "--eval-every", "2", "--credit", "flow"]
     cmd = [sys.executable, str(ROOT / "train.py")] + args
-    subprocess.run(cmd + ["--out", str(tmp_path / "a")], check=True, env=ENV, capture_output=True, cwd=ROOT,
-                   timeout=TIMEOUT)
+    subprocess.run(cmd + ["--out", str(tmp_path / "a")], check=True, env=ENV, capture_output=True,
+                   cwd=ROOT, timeout=TIMEOUT)
 
     b = tmp_path / "b"
-    proc = subprocess.Popen(cmd + ["--out", str(b)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=ROOT)
+    proc = subprocess.Popen(cmd + ["--out", str(b)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # kill once step 3 is logged: past the step-2 checkpoint
+    # kill once step 3 is logged: past the step-2 checkpoint
+    while time.time() < deadline and proc.poll() is None:
         if (b / "metrics.jsonl").exists() and any(r["step"] == 3 for r in records(b)):
             break
         time.sleep(0.05)
@@ -86,8 +94,8 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     proc.wait()
     assert [p.name for p in runs.checkpoint_dirs(b)] == ["step-000002"]
 
-    done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True, text=True, cwd=ROOT,
-                          timeout=TIMEOUT)
+    done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True,
+                          text=True, cwd=ROOT, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from" in done.stdout and "held-out accuracy:" in done.stdout
     assert _strip_times(records(b)) == _strip_times(records(tmp_path / "a"))
@@ -97,12 +105,13 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
 def test_two_process_update_equals_the_one_process_update(aggregation, tmp_path):
     script = str(ROOT / "tests" / "ddp_update.py")
     one, two = tmp_path / "one.pt", tmp_path / "two.pt"
-    subprocess.run([sys.executable, script, str(one), aggregation], check=True, env=ENV, capture_output=True,
-                   timeout=TIMEOUT)
+    subprocess.run([sys.executable, script, str(one), aggregation], check=True, env=ENV,
+                   capture_output=True, timeout=TIMEOUT)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port", "0"]
-    done = subprocess.run(launch + [script, str(two), aggregation], env=ENV, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+              "--main_process_port", "0"]
+    done = subprocess.run(launch + [script, str(two), aggregation], env=ENV, capture_output=True,
+                          text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     initial = initial_weights()
@@ -115,25 +124,29 @@ def test_two_process_update_equals_the_one_process_update(aggregation, tmp_path)
 
 def test_accelerate_launch_two_processes_trains(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2", "--main_process_port", "0"]
-    done = subprocess.run(launch + [str(ROOT / "train.py")] + SMALL + ["--steps", "2", "--save-every", "2",
-                                                                       "--out", str(tmp_path)],
-                          env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT)
+              str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+              "--main_process_port", "0"]
+    args = SMALL + ["--steps", "2", "--save-every", "2", "--out", str(tmp_path)]
+    done = subprocess.run(launch + [str(ROOT / "train.py")] + args, env=ENV, capture_output=True,
+                          text=True, cwd=ROOT, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("held-out accuracy:") == 1  # printed by the main process only
     assert [r["step"] for r in records(tmp_path)] == [0, 1, 2]
     assert (tmp_path / "checkpoints" / "step-000002" / "state").is_dir()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Configuration, data order, smoothing, bad input
 
 
 def test_presets_and_flags():
     cfg = train.parse_args(["--preset", "qwen3-4b-math-1k", "--lr", "2e-6", "--layers", "12,13"])
-    assert (cfg.model, cfg.prompts_per_step, cfg.group_size, cfg.micro_batch) == ("Qwen/Qwen3-4B-Base", 64, 8, 32)
-    assert (cfg.temperature, cfg.top_p, cfg.top_k, cfg.adv_clip, cfg.dual_clip) == (0.99, 1.0, 100, 2.0, 3.0)
-    assert (cfg.min_difficulty, cfg.max_difficulty, cfg.warmup_steps, cfg.bf16) == (0.1, 0.95, 20, True)
+    assert ((cfg.model, cfg.prompts_per_step, cfg.group_size, cfg.micro_batch)
+            == ("Qwen/Qwen3-4B-Base", 64, 8, 32))
+    assert ((cfg.temperature, cfg.top_p, cfg.top_k, cfg.adv_clip, cfg.dual_clip)
+            == (0.99, 1.0, 100, 2.0, 3.0))
+    assert ((cfg.min_difficulty, cfg.max_difficulty, cfg.warmup_steps, cfg.bf16)
+            == (0.1, 0.95, 20, True))
     assert cfg.lr == 2e-6 and cfg.layers == [12, 13]  # flags override the preset
     assert train.parse_args([]) == train.Config()
     assert train.parse_args(["--no-drop-truncated", "--dual-clip", "none"]).dual_clip is None
@@ -151,16 +164,19 @@ def test_unknown_names_list_the_valid_ones(argv, listed, capsys):
 
 def test_data_order_depends_only_on_seed_and_step():
     examples = list(range(10))
-    steps = [train.examples_for_step(examples, s, 4, seed=7) for s in range(5)]  # 20 draws = 2 epochs
+    # 20 draws = 2 epochs
+    steps = [train.examples_for_step(examples, s, 4, seed=7) for s in range(5)]
     assert steps == [train.examples_for_step(examples, s, 4, seed=7) for s in range(5)]
     flat = [x for s in steps for x in s]
-    assert sorted(flat[:10]) == examples and sorted(flat[10:]) == examples  # each epoch a permutation
+    # each epoch a permutation
+    assert sorted(flat[:10]) == examples and sorted(flat[10:]) == examples
     assert flat[:10] != flat[10:]
     assert train.examples_for_step(examples, 0, 4, seed=8) != steps[0]
 
 
 def test_peak_tracking_ema_by_hand():
-    # ema_1 = 1; ema_2 = .5 * max(0, 1) + .5 * 1 = 1; ema_3 = .5 * max(2, 1) + .5 * 1 = 1.5; ema_4 = .5*1.5+.5*1.5
+    # ema_1 = 1; ema_2 = .5 * max(0, 1) + .5 * 1 = 1; ema_3 = .5 * max(2, 1) + .5 * 1 = 1.5;
+    # ema_4 = .5 * max(1, 1.5) + .5 * 1.5 = 1.5
     assert runs.peak_ema([1.0, 0.0, 2.0, 1.0], alpha=0.5) == [1.0, 1.0, 1.5, 1.5]
 
 
@@ -199,30 +215,37 @@ def test_broken_training_file_names_file_line_and_field(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"\n')
     with pytest.raises(SystemExit, match=r"train.jsonl:2"):
-        train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k", "--out", str(tmp_path / "run")])
-    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"query": "2+2?", "answer": "#### 4"}\n')
+        train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k",
+                            "--out", str(tmp_path / "run")])
+    bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n'
+                   '{"query": "2+2?", "answer": "#### 4"}\n')
     with pytest.raises(SystemExit, match=r"train.jsonl:2.*question"):
-        train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k", "--out", str(tmp_path / "run")])
+        train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k",
+                            "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit, match="ours=theirs"):
-        train.main(SMALL + ["--data", str(bad), "--data-fields", "prompt", "--out", str(tmp_path / "run")])
+        train.main(SMALL + ["--data", str(bad), "--data-fields", "prompt",
+                            "--out", str(tmp_path / "run")])
 
 
 def test_batch_cat_pads_and_rows_trims():
     def piece(width, n):
         mask = torch.ones(n, width, dtype=torch.long)
-        return train.Batch(torch.full((n, width), 5), mask, mask.bool(), torch.full((n, width), 1.5), torch.ones(n))
+        return train.Batch(torch.full((n, width), 5), mask, mask.bool(),
+                           torch.full((n, width), 1.5), torch.ones(n))
 
     both = train.Batch.cat([piece(3, 2), piece(5, 1)], pad_id=0)
     assert both.input_ids.tolist() == [[5, 5, 5, 0, 0], [5, 5, 5, 0, 0], [5] * 5]
     assert both.attention_mask.sum().item() == 11 and both.response_mask.sum().item() == 11
     assert both.gamma[0].tolist() == [1.5, 1.5, 1.5, 1.0, 1.0]  # padding gets gamma 1 (and mask 0)
     short = both.rows(torch.tensor([0, 1]))
-    assert short.input_ids.shape == (2, 3) and short.advantages.shape == (2,)  # all-padding columns dropped
+    # all-padding columns dropped
+    assert short.input_ids.shape == (2, 3) and short.advantages.shape == (2,)
 
 
 def test_generation_in_chunks_covers_every_prompt(tmp_path):
     torch.set_num_threads(1)
-    train.main(SMALL + ["--steps", "1", "--save-every", "0", "--generation-batch", "3", "--out", str(tmp_path)])
+    train.main(SMALL + ["--steps", "1", "--save-every", "0", "--generation-batch", "3",
+                        "--out", str(tmp_path)])
     step = records(tmp_path)[1]
     assert step["step"] == 1 and step["samples"] == 8 * 4 and 0 < step["response_len"] <= 40
     assert step["gamma_mean"] == pytest.approx(1.2, abs=0.05)

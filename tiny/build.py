@@ -1,16 +1,16 @@
 """Build the shipped tiny model of the embedded default, deterministically.
 
-    python tiny/build.py                 # writes tiny/qwen3-arith/ (about 2-3 minutes on 2 CPU cores)
+    python tiny/build.py    # writes tiny/qwen3-arith/ (about 2-3 minutes on 2 CPU cores)
 
-1. A tokenizer trained on the spot with the `tokenizers` library (BPE over the task's text; digits and
-   punctuation stay single tokens, like Qwen's), with a Qwen-shaped chat template.
-2. A tiny Qwen3 model from a transformers config (4 layers, so the middle-layer range L/3..2L/3 is a
-   real choice).
-3. A short supervised warm start on step-by-step traces from tasks.ArithmeticTask, where the teacher
-   ignores operator precedence on a share of the problems (see tasks.py): RL has a wrong strategy to
-   unlearn.
-4. save_pretrained: config.json, model.safetensors, tokenizer.json, tokenizer_config.json with the chat
-   template. train.py loads it with AutoModelForCausalLM.from_pretrained, the same path as Qwen3.
+1. A tokenizer trained on the spot with the `tokenizers` library (BPE over the task's text; digits
+   and punctuation stay single tokens, like Qwen's), with a Qwen-shaped chat template.
+2. A tiny Qwen3 model from a transformers config (4 layers, so the middle-layer range L/3..2L/3 is
+   a real choice).
+3. A short supervised warm start on step-by-step traces from tasks.ArithmeticTask, where the
+   teacher ignores operator precedence on a share of the problems (see tasks.py): RL has a wrong
+   strategy to unlearn.
+4. save_pretrained: config.json, model.safetensors, tokenizer.json, tokenizer_config.json with the
+   chat template. train.py loads it with AutoModelForCausalLM.from_pretrained, as it loads Qwen3.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 import tasks  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "qwen3-arith"
-SPECIAL = {"bos": "<|endoftext|>", "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": "<unk>", "start": "<|im_start|>"}
+SPECIAL = {"bos": "<|endoftext|>", "eos": "<|im_end|>", "pad": "<|endoftext|>", "unk": "<unk>",
+           "start": "<|im_start|>"}
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -39,25 +40,28 @@ CHAT_TEMPLATE = (
 
 def sft_examples(n: int, seed: int, wrong_share: float) -> list[tuple[str, str]]:
     """(prompt, response) pairs; on problems where precedence matters, `wrong_share` of the traces
-    reduce left to right."""
+    reduce left to right.
+    """
     task, rng = tasks.ArithmeticTask(), random.Random(seed)
     out = []
     for _ in range(n):
         numbers, ops = task.sample(rng)
         wrong = tasks.precedence_matters(ops) and rng.random() < wrong_share
-        out.append((task.problem(numbers, ops).prompt, tasks.worked_solution(numbers, ops, precedence=not wrong)))
+        out.append((task.problem(numbers, ops).prompt,
+                    tasks.worked_solution(numbers, ops, precedence=not wrong)))
     return out
 
 
 def build_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=SPECIAL["unk"]))
     # digits one by one, punctuation isolated, so an answer like -13 is the tokens "-", "1", "3"
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Split(Regex(r"[^\w\s]"), "isolated")]
-    )
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    punctuation = pre_tokenizers.Split(Regex(r"[^\w\s]"), "isolated")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([digits, punctuation])
     tok.decoder = decoders.Fuse()
     specials = [SPECIAL["bos"], SPECIAL["eos"], SPECIAL["start"], SPECIAL["unk"]]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
+    tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=SPECIAL["bos"],
@@ -89,11 +93,13 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> Qwen3ForCausal
     return Qwen3ForCausalLM(config)
 
 
-def encode(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask, and labels that train only on the response (-100 elsewhere)."""
+def encode(tokenizer,
+           examples: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask; labels train only on the response (-100 elsewhere)."""
     rows, labels = [], []
     for prompt, response in examples:
-        p = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
+        p = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                          add_generation_prompt=True, tokenize=True)
         p = p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p
         r = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(p + r)
@@ -107,7 +113,8 @@ def encode(tokenizer, examples: list[tuple[str, str]]) -> tuple[torch.Tensor, to
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--examples", type=int, default=20000)
@@ -122,11 +129,13 @@ def main() -> None:
     examples = sft_examples(args.examples, seed=args.seed, wrong_share=args.wrong_share)
     tokenizer = build_tokenizer([f"user\n{p}\nassistant\n{r}" for p, r in examples], vocab_size=64)
     model = build_model(tokenizer, args.seed)
-    print(f"vocab {len(tokenizer)}, parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"vocab {len(tokenizer)}, parameters {n_params / 1e6:.2f}M")
 
     ids, mask, labels = encode(tokenizer, examples)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps,
+                                                pct_start=0.1)
     gen = torch.Generator().manual_seed(args.seed)
     model.train()
     t0 = time.time()
@@ -140,7 +149,8 @@ def main() -> None:
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 50 == 0 or step == args.steps - 1:
-            print(f"step {step:4d}  loss {out.loss.item():.4f}  {time.time() - t0:6.1f}s", flush=True)
+            print(f"step {step:4d}  loss {out.loss.item():.4f}  {time.time() - t0:6.1f}s",
+                  flush=True)
 
     model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
