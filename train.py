@@ -12,7 +12,7 @@ One step (one optimizer update, as in the paper: the rollout batch is the global
   2. reward    verify each response (rewards.py), group-relative advantages (grpo.group_advantages, eq. 10).
   3. filter    drop groups whose mean reward lies outside [min_difficulty, max_difficulty] (paper: 0.1-0.95)
                and responses cut off at max_new_tokens (the paper's response-length filter).
-  4. credit    gamma [B, T] from the chosen strategy; for `flow`, eqs. (1)-(6) via flow.py.
+  4. credit    gamma [B, T] from the chosen strategy (credit.py); for `flow`, eqs. (1)-(6) via flow.py.
   5. update    the gamma-weighted clipped surrogate of eq. (5) (grpo.policy_loss), accumulated over
                micro-batches, normalised over the whole global batch, one AdamW step.
 Held-out accuracy is measured greedily before training, every `eval_every` steps and at the end; the run ends
@@ -41,10 +41,12 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import data
+import flow
 import grpo
 import rewards
 import rollout
 import tasks
+from credit import ATTENTION_STRATEGIES, CREDIT_STRATEGIES, credit_gamma
 from eval import evaluate
 
 ROOT = Path(__file__).resolve().parent
@@ -79,8 +81,8 @@ class Config:
     drop_truncated: bool = True  # responses without EOS within max_new_tokens get no gradient
     # credit (eqs. 5-6)
     credit: str = "flow"
-    ratio: float = 0.4
-    gamma: float = 1.5
+    ratio: float = flow.RATIO
+    gamma: float = flow.GAMMA
     layers: list[int] | None = None  # attention layers averaged into the graph; None = rollout.default_layers
     # optimisation
     lr: float = 1e-4
@@ -143,7 +145,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="a named set of defaults")
-    choices = {"credit": sorted(grpo.CREDIT_STRATEGIES), "template": list(data.TEMPLATES),
+    choices = {"credit": sorted(CREDIT_STRATEGIES), "template": list(data.TEMPLATES),
                "aggregation": ["seq-mean", "token-mean"]}
     for f in dataclasses.fields(Config):
         if f.name == "preset":
@@ -206,7 +208,7 @@ def load_model(cfg: Config, device: torch.device):
     except ValueError as e:  # transformers raises ValueError for an architecture without SDPA support
         raise SystemExit(f"{cfg.model}: cannot load with attn_implementation='sdpa', which the attention "
                          f"capture of rollout.py needs ({e})") from e
-    if cfg.credit in grpo.ATTENTION_STRATEGIES:
+    if cfg.credit in ATTENTION_STRATEGIES:
         rollout.resolve_layers(model, cfg.layers)  # a bad --layers fails now, not after the first rollout
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -275,7 +277,7 @@ def sample(cfg: Config, policy: Policy, tokenizer, examples: list[data.Example])
     policy.lm.eval()
     r = rollout.generate(policy.lm, tokenizer, list(prompts), n=cfg.group_size, temperature=cfg.temperature,
                          top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                         capture=cfg.credit in grpo.ATTENTION_STRATEGIES, layers=cfg.layers, chat_template=chat[0])
+                         capture=cfg.credit in ATTENTION_STRATEGIES, layers=cfg.layers, chat_template=chat[0])
     policy.lm.train()
     return r
 
@@ -290,8 +292,8 @@ def credit(cfg: Config, r: rollout.Rollout, policy: Policy, step: int, rank: int
         if cfg.credit == "entropy":  # the policy's own next-token entropy, one no-grad pass
             with torch.no_grad():
                 _, entropy = policy(part.input_ids, part.attention_mask, return_entropy=True)
-        gammas.append(grpo.credit_gamma(cfg.credit, part, ratio=cfg.ratio, gamma=cfg.gamma, entropy=entropy,
-                                        model=policy.lm, generator=generator))
+        gammas.append(credit_gamma(cfg.credit, part, ratio=cfg.ratio, gamma=cfg.gamma, entropy=entropy,
+                                   model=policy.lm, generator=generator))
     return torch.cat(gammas)
 
 

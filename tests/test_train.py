@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import grpo
+import credit
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ TOP_K = {"flow", "flow-bottom", "random", "entropy", "attention", "gradient"}
 SPREAD = {"flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"}  # mean weight 1 + ratio * (gamma - 1) by design
 
 
-@pytest.mark.parametrize("strategy", sorted(grpo.CREDIT_STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted(credit.CREDIT_STRATEGIES))
 def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
     torch.set_num_threads(1)
     result = train.main(SMALL + ["--steps", "2", "--save-every", "2", "--credit", strategy, "--out", str(tmp_path)])
