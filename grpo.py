@@ -86,8 +86,7 @@ def policy_loss(
     same thing.
 
     aggregation:
-        "seq-mean"   eq. (5): (1/G) sum_i (1/N_i) sum_t j_{i,t} (a row without response tokens
-                     adds 0)
+        "seq-mean"   eq. (5): (1/G) sum_i (1/N_i) sum_t j_{i,t}; an empty row adds 0.
         "token-mean" DAPO: sum_{i,t} j_{i,t} / sum_i N_i.
     No KL term: the paper trains without one.
 

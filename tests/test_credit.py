@@ -67,18 +67,21 @@ def _tau(r):
 # --------------------------------------------------------------------------------------------------
 
 def test_credit_unknown_strategy_lists_valid_names():
+    """An unknown --credit name is refused with the list of valid ones."""
     valid = "unknown credit strategy 'flow-top'.*flow-bottom.*entropy"
     with pytest.raises(ValueError, match=valid):
         credit.credit_gamma("flow-top", _fake_rollout())
 
 
 def test_credit_uniform_is_plain_grpo():
+    """In standard GRPO gamma_it = 1 for every token."""
     r = _fake_rollout()
     assert torch.equal(credit.credit_gamma("uniform", r), torch.ones(r.response_mask.shape))
 
 
 @pytest.mark.parametrize("largest", [True, False])
 def test_credit_flow_top_and_bottom_k(largest):
+    """Eq. (6): gamma_flow on the top (Table 5: bottom) k of the response tokens by throughput."""
     r = _fake_rollout(answer=(True,) * 4)
     gam = credit.credit_gamma("flow" if largest else "flow-bottom", r)
     assert gam.dtype == torch.float32 and gam.shape == r.response_mask.shape
@@ -88,6 +91,7 @@ def test_credit_flow_top_and_bottom_k(largest):
 
 
 def test_credit_flow_without_answer_span_is_uniform():
+    """A response without an answer region has no flow target: its gamma stays 1."""
     r = _fake_rollout()                                                 # row 3 has no answer span
     for name in ("flow", "flow-bottom", "flow-raw", "flow-tanh", "flow-mass40"):
         gam = credit.credit_gamma(name, r)
@@ -102,6 +106,7 @@ def test_credit_flow_without_answer_span_is_uniform():
 # --------------------------------------------------------------------------------------------------
 
 def test_credit_random_count_and_seed():
+    """Random, a neutral lower bound: the same count of tokens, drawn by the seed."""
     r = _fake_rollout()
     gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
     a = credit.credit_gamma("random", r, generator=gen(0))
@@ -114,6 +119,7 @@ def test_credit_random_count_and_seed():
 
 
 def test_credit_entropy_picks_the_most_uncertain_position():
+    """Entropy (Wang et al., 2025b) selects tokens with high entropy."""
     # Crafted next-token distributions: peaked (entropy ~0) everywhere except a uniform one (entropy
     # log V) at column t = 6 of row 0 and t = 9 of row 1, i.e. the distributions of tokens 7 and 10.
     r = _fake_rollout(prompt_lens=(4, 4), resp_lens=(8, 10), answer=(True, True))
@@ -135,6 +141,7 @@ def test_credit_entropy_picks_the_most_uncertain_position():
 
 
 def test_attention_received_against_slow_loop_and_selection():
+    """Attention (Li et al., 2025d): attention scores as a proxy for importance."""
     r = _fake_rollout()
     got = credit.attention_received(r.attn, r.response_mask)
     B, T = r.response_mask.shape
@@ -155,6 +162,7 @@ def test_attention_received_against_slow_loop_and_selection():
 
 
 def test_gradient_saliency_against_inputs_embeds_and_selection(tiny_qwen):
+    """Gradient (Green et al., 2025): tokens by first-order gradient magnitude."""
     r = _fake_rollout()
     got = credit.gradient_saliency(tiny_qwen, r.input_ids, r.attention_mask, r.response_mask)
     assert all(p.grad is None for p in tiny_qwen.parameters())             # parameters untouched
@@ -179,6 +187,7 @@ CONTINUOUS = ["flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"]
 
 @pytest.mark.parametrize("name", CONTINUOUS)
 def test_continuous_variants_budget_floor_and_monotone(name):
+    """Table 7's continuous weights: the hard rule's mean weight, w >= 1, monotone in flow."""
     r = _fake_rollout(answer=(True,) * 4, seed=1)
     tau, resp = _tau(r), r.response_mask
     gam = credit.credit_gamma(name, r)
@@ -194,6 +203,7 @@ def test_continuous_variants_budget_floor_and_monotone(name):
 
 
 def test_continuous_variants_formulas():
+    """Table 7's raw, log1p, sigmoid, MAD and tanh transforms of the flow, formula by formula."""
     # w - 1 is proportional to g: tau (raw), log1p(tau / mean) (log1p), sigmoid(z) (sigmoid)
     r = _fake_rollout(answer=(True,) * 4, seed=2)
     tau, resp = _tau(r), r.response_mask
@@ -220,6 +230,7 @@ def test_continuous_variants_formulas():
 
 
 def test_continuous_map_with_indicator_flow_is_the_hard_rule(monkeypatch):
+    """Continuous weighting of the top-k indicator is eq. (6)'s hard mask."""
     # If the flow were the 0/1 indicator of the top-40% set, raw-flow weighting gives eq. (6) back
     # exactly (10 and 5 response tokens: k / n = 0.4 exactly).
     r = _fake_rollout(prompt_lens=(4, 3), resp_lens=(10, 5), answer=(True, True))
@@ -230,6 +241,7 @@ def test_continuous_map_with_indicator_flow_is_the_hard_rule(monkeypatch):
 
 
 def test_flow_mass_thresholds_hand_computed(monkeypatch):
+    """Table 7: select tokens until their cumulative flow mass reaches the threshold."""
     # response throughputs (shuffled) 0.15 0.5 0.05 0.2 0.1 (total 1):
     #   20% -> {0.5};  40% -> {0.5};  60% -> {0.5, 0.2} (0.7);  80% -> {0.5, 0.2, 0.15} (0.85)
     r = _fake_rollout(prompt_lens=(4,), resp_lens=(5,), answer=(True,))
@@ -250,6 +262,7 @@ def test_flow_mass_thresholds_hand_computed(monkeypatch):
 
 @pytest.mark.parametrize("mass", [20, 40, 60, 80])
 def test_flow_mass_covers_minimal_top_set(mass):
+    """The flow-mass selection is the fewest highest-flow tokens reaching the threshold."""
     r = _fake_rollout(answer=(True,) * 4, seed=3)
     tau, resp = _tau(r), r.response_mask
     gam = credit.credit_gamma(f"flow-mass{mass}", r)
@@ -268,6 +281,7 @@ def test_flow_mass_covers_minimal_top_set(mass):
 # --------------------------------------------------------------------------------------------------
 
 def test_credit_bad_arguments():
+    """Bad ratio, gamma or a missing entropy= are refused with a clear error."""
     r = _fake_rollout()
     with pytest.raises(ValueError, match="ratio"):
         credit.credit_gamma("flow", r, ratio=1.5)
