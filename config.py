@@ -13,8 +13,9 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import credit
 import data
-import grpo as credit  # FIXME(merge): credit.py
+import flow
 
 ROOT = Path(__file__).resolve().parent
 TINY_MODEL = str(ROOT / "tiny" / "qwen3-arith")
@@ -45,8 +46,8 @@ class Config:
     drop_truncated: bool = True  # responses without EOS within max_new_tokens get no gradient
     # credit (eqs. 5-6)
     credit: str = "flow"
-    ratio: float = 0.4  # FIXME(merge): flow.RATIO
-    gamma: float = 1.5  # FIXME(merge): flow.GAMMA
+    ratio: float = flow.RATIO
+    gamma: float = flow.GAMMA
     layers: list[int] | None = None  # layers averaged into the graph; None: rollout.default_layers
     # optimisation
     lr: float = 1e-4

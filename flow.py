@@ -1,31 +1,32 @@
-"""Answer-targeted information flow on the attention DAG: eqs. (1)-(4) and the top-k credit of eq. (6).
+"""Answer-targeted information flow on the attention DAG: eqs. (1)-(4), and the top-k selection of
+eq. (6) with its defaults RATIO and GAMMA (the credit strategies built on it live in credit.py).
 
-Paper: "How Does Reasoning Flow? Tracing Attention-Induced Information Flow for Targeted RL in LLMs",
-section 3.1 (eqs. 1-4), section 3.3 (eq. 6) and appendix C.2.
+Paper: "How Does Reasoning Flow? Tracing Attention-Induced Information Flow for Targeted RL in
+LLMs", section 3.1 (eqs. 1-4), section 3.3 (eq. 6) and appendix C.2.
 
 Conventions (the README's "Conventions" section says the same with pictures in words):
 - attn[k, i] is what models return: row = query token k, column = key token i (rows sum to 1).
 - W[i, k] = attn[k, i] for i < k (eq. 1): an edge i -> k from an earlier to a later token.
-- Answer tokens A are absorbing: each sends its whole flow to a virtual sink with weight 1 and has no
-  other out-edge, so h = 1 on A (eq. 2) and the rows of A in W' are 0 (eq. 3).
+- Answer tokens A are absorbing: each sends its whole flow to a virtual sink with weight 1 and has
+  no other out-edge, so h = 1 on A (eq. 2) and the rows of A in W' are 0 (eq. 3).
 - A virtual source injects s(q) = 1/|Q| into every prompt token q (eq. 4).
 - throughput tau(k) = f(k) + sum_j phi(k -> j), the sink edge included.
 
-Speed. Eqs. (2) and (4) are two triangular linear systems over the same matrix M = I - W_A (W with the
-answer rows removed):
+Speed. Eqs. (2) and (4) are two triangular linear systems over the same matrix M = I - W_A (W with
+the answer rows removed):
     (2)  M h = 1_A                              (back substitution, upper triangular)
     (4)  f = h * u  with  M^T u = s / h         (forward substitution on the raw W, source s / h)
 The second line is the Doob identity: f(k) = sum_i f(i) W[i,k] h(k) / h(i) + s(k) divided by h(k) is
-u(k) = sum_i u(i) W[i,k] + s(k) / h(k). So `throughput` builds M once (one pass over the T x T matrix)
-and runs two `torch.linalg.solve_triangular` calls on it: W' is never materialised.
+u(k) = sum_i u(i) W[i,k] + s(k) / h(k). So `throughput` builds M once (one pass over the T x T
+matrix) and runs two `torch.linalg.solve_triangular` calls on it: W' is never materialised.
 
-Numerics. The solves run in float64 by default (float32 on request), never in bf16. All entries of M's
-off-diagonal have one sign, so substitution adds non-negative terms: no cancellation. For attention
-(rows sum to <= 1) h <= |A| and f <= 1. h can be tiny: the source of a prompt token q is s(q) / h(q)
-in the second solve, so a prompt token whose h is below the float floor h_min = T * finfo.tiny
-(~1e-304 in float64) keeps its share s(q) but does not propagate it (it would need a larger number
-than the float range holds); everything else is exact. Tokens with h = 0 (dead ends) get f = s (that
-is, 0 outside the prompt): never NaN.
+Numerics. The solves run in float64 by default (float32 on request), never in bf16. All entries of
+M's off-diagonal have one sign, so substitution adds non-negative terms: no cancellation. For
+attention (rows sum to <= 1) h <= |A| and f <= 1. h can be tiny: the source of a prompt token q is
+s(q) / h(q) in the second solve, so a prompt token whose h is below the float floor
+h_min = T * finfo.tiny (~1e-304 in float64) keeps its share s(q) but does not propagate it (it would
+need a larger number than the float range holds); everything else is exact. Tokens with h = 0 (dead
+ends) get f = s (that is, 0 outside the prompt): never NaN.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ __all__ = [
     "throughput",
     "trace",
     "FlowField",
+    "RATIO",
+    "GAMMA",
     "top_k_mask",
     "credit_weights",
 ]
@@ -69,9 +72,12 @@ def _check_mask(mask: Tensor, W: Tensor, name: str, nonempty: bool) -> None:
         empty = ~mask.any(-1)  # [...]
         if empty.any():
             where = "the sequence" if empty.dim() == 0 else "sequence(s) " + ", ".join(
-                str(idx[0] if len(idx) == 1 else tuple(idx)) for idx in empty.nonzero().tolist()[:10]
+                str(idx[0] if len(idx) == 1 else tuple(idx))
+                for idx in empty.nonzero().tolist()[:10]
             )
-            raise ValueError(f"{name} is empty for {where}: flow needs at least one such token per sequence")
+            raise ValueError(
+                f"{name} is empty for {where}: flow needs at least one such token per sequence"
+            )
 
 
 def _check_dtype(dtype: torch.dtype) -> None:
@@ -87,9 +93,9 @@ def _check_dtype(dtype: torch.dtype) -> None:
 def influence_graph(attn: Tensor) -> Tensor:
     """Eq. (1): W[i, k] = a(x_k, x_i) for i < k, zero on and below the diagonal.
 
-    attn: [..., T, T] attention probabilities (row = query k, column = key i), already averaged over the
-    chosen layers and heads. Returns W: [..., T, T], same dtype, in the paper's orientation (row = the
-    earlier token i, column = the later token k that reads it). One pass over the matrix.
+    attn: [..., T, T] attention probabilities (row = query k, column = key i), already averaged over
+    the chosen layers and heads. Returns W: [..., T, T], same dtype, in the paper's orientation
+    (row = the earlier token i, column = the later token k that reads it). One pass over the matrix.
     """
     _check_square(attn, "attn")
     return attn.mT.triu(1)  # [..., T, T]
@@ -115,11 +121,12 @@ def _system(W: Tensor, answer_mask: Tensor, dtype: torch.dtype) -> Tensor:
 def _solve_potential(M: Tensor, answer_mask: Tensor) -> Tensor:
     """Eq. (2) as back substitution: (I - W_A) h = 1_A."""
     b = answer_mask.to(M.dtype).unsqueeze(-1)  # [..., T, 1]
-    return torch.linalg.solve_triangular(M, b, upper=True, unitriangular=True).squeeze(-1)  # [..., T]
+    h = torch.linalg.solve_triangular(M, b, upper=True, unitriangular=True)  # [..., T, 1]
+    return h.squeeze(-1)  # [..., T]
 
 
 def _h_floor(T: int, dtype: torch.dtype) -> float:
-    """Below this, s / h of a prompt token could overflow the forward solve (see module docstring)."""
+    """Below this, s / h of a prompt token could overflow the forward solve (module docstring)."""
     return max(T, 1) * torch.finfo(dtype).tiny
 
 
@@ -149,9 +156,9 @@ def potential(W: Tensor, answer_mask: Tensor, dtype: torch.dtype = torch.float64
 def reweight(W: Tensor, h: Tensor, answer_mask: Tensor) -> Tensor:
     """Eq. (3): the Doob-h transform W'[i, k] = W[i, k] h(k) / h(i) where h(i) > 0, else 0.
 
-    Answer rows are 0 (their flow goes to the sink). By Theorem 3.1 every other row with h(i) > 0 sums
-    to 1. Materialises W': [..., T, T] in h's dtype. `throughput` never needs it; this is for reading,
-    analysis and the tests.
+    Answer rows are 0 (their flow goes to the sink). By Theorem 3.1 every other row with h(i) > 0
+    sums to 1. Materialises W': [..., T, T] in h's dtype. `throughput` never needs it; this is for
+    reading, analysis and the tests.
     """
     _check_square(W, "W")
     _check_mask(answer_mask, W, "answer_mask", nonempty=False)
@@ -163,8 +170,8 @@ def reweight(W: Tensor, h: Tensor, answer_mask: Tensor) -> Tensor:
 def forward_flow(W_prime: Tensor, prompt_mask: Tensor) -> Tensor:
     """Eq. (4): f(k) = s(k) + sum_{i < k} f(i) W'[i, k], with s = 1/|Q| on the prompt tokens Q.
 
-    Solved as the lower-triangular system (I - W')^T f = s. W_prime: [..., T, T] (float32 or float64);
-    prompt_mask: [..., T] bool. Returns f: [..., T] in W_prime's dtype.
+    Solved as the lower-triangular system (I - W')^T f = s. W_prime: [..., T, T] (float32 or
+    float64); prompt_mask: [..., T] bool. Returns f: [..., T] in W_prime's dtype.
     """
     _check_square(W_prime, "W_prime")
     _check_mask(prompt_mask, W_prime, "prompt_mask", nonempty=True)
@@ -201,9 +208,9 @@ def trace(
 ) -> FlowField:
     """Eqs. (2)-(4) fused: h, f and tau from two triangular solves on the same M = I - W_A.
 
-    W: [..., T, T]; prompt_mask, answer_mask: [..., T] bool, disjoint. Padding is whatever neither mask
-    nor the attention reaches: rows and columns of padding that are 0 in W (as rollout produces them), or
-    tokens after the answer, get h = f = tau = 0 and never change another token's result.
+    W: [..., T, T]; prompt_mask, answer_mask: [..., T] bool, disjoint. Padding is whatever neither
+    mask nor the attention reaches: rows and columns of padding that are 0 in W (as rollout produces
+    them), or tokens after the answer, get h = f = tau = 0 and never change another token's result.
     """
     _check_square(W, "W")
     _check_mask(prompt_mask, W, "prompt_mask", nonempty=True)
@@ -219,15 +226,16 @@ def trace(
     alive = h > _h_floor(W.shape[-1], dtype)  # [..., T]
     c = torch.where(alive, s / torch.where(alive, h, 1.0), 0.0)  # [..., T] source of u: s / h
     # eq. (4) divided by h: M^T u = s / h (forward substitution on the raw W)
-    u = torch.linalg.solve_triangular(M.mT, c.unsqueeze(-1), upper=False, unitriangular=True).squeeze(-1)
+    u = torch.linalg.solve_triangular(M.mT, c.unsqueeze(-1), upper=False, unitriangular=True)
+    u = u.squeeze(-1)  # [..., T]
     hu = h * u  # [..., T]
     f = hu + torch.where(alive, 0.0, s)  # dead-end prompt tokens keep their source, pass nothing on
     tau = f + hu  # outflow of a token is h * u: all of its flow where h > 0, none where h = 0
 
     if not torch.isfinite(tau).all():
         raise ValueError(
-            "flow is not finite: W must be an attention graph (each token's incoming weights, a column "
-            "of W, sum to at most 1) without NaN or inf"
+            "flow is not finite: W must be an attention graph (each token's incoming weights, a "
+            "column of W, sum to at most 1) without NaN or inf"
         )
     return FlowField(h=h, f=f, tau=tau, u=u)
 
@@ -237,9 +245,10 @@ def throughput(
 ) -> Tensor:
     """Token throughput tau(k) = f(k) + sum_j phi(k -> j) of section 3.1, the sink edge included.
 
-    Because every row of W' with h > 0 sums to 1 (Theorem 3.1) and answer tokens pass all their flow to
-    the sink, tau = 2 f on every token with h > 0; on dead ends (h = 0) tau = f, which is s(k) = 1/|Q|
-    for a prompt token and 0 for any other. The ranking of response tokens by tau is their ranking by f.
+    Because every row of W' with h > 0 sums to 1 (Theorem 3.1) and answer tokens pass all their flow
+    to the sink, tau = 2 f on every token with h > 0; on dead ends (h = 0) tau = f, which is
+    s(k) = 1/|Q| for a prompt token and 0 for any other. The ranking of response tokens by tau is
+    their ranking by f.
 
     W: [..., T, T] from `influence_graph`; masks [..., T] bool. Returns tau: [..., T] in `dtype`.
     Cost: one copy of W and two triangular solves (see the module docstring).
@@ -251,14 +260,20 @@ def throughput(
 # eq. (6): which tokens get the extra credit
 # --------------------------------------------------------------------------------------------------
 
+# eq. (6)'s defaults (section 3.3): the top 40% of the response tokens by flow get gamma_flow = 1.5.
+RATIO = 0.4
+GAMMA = 1.5
 
-def top_k_mask(scores: Tensor, candidate_mask: Tensor, ratio: float = 0.4, largest: bool = True) -> Tensor:
-    """The selection behind eq. (6): per sequence the k = round(ratio * n) candidates with the largest
-    scores (smallest with largest=False: the bottom-k ablation), n = number of candidates.
 
-    round is half-up (floor(ratio * n + 0.5)), so ratio 0.4 of 5 candidates selects 2 and of 4 selects
-    2. Ties go to the earlier token (stable sort), so the result is deterministic.
-    scores: [..., T] finite on candidates; candidate_mask: [..., T] bool. Returns a bool mask [..., T].
+def top_k_mask(
+    scores: Tensor, candidate_mask: Tensor, ratio: float = RATIO, largest: bool = True
+) -> Tensor:
+    """The selection behind eq. (6): per sequence the k = round(ratio * n) candidates with the
+    largest scores (smallest with largest=False: the bottom-k ablation), n = number of candidates.
+
+    round is half-up (floor(ratio * n + 0.5)), so ratio 0.4 of 5 candidates selects 2 and of 4
+    selects 2. Ties go to the earlier token (stable sort), so the result is deterministic.
+    scores: [..., T] finite on candidates; candidate_mask: [..., T] bool. Returns bool [..., T].
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
@@ -279,8 +294,8 @@ def top_k_mask(scores: Tensor, candidate_mask: Tensor, ratio: float = 0.4, large
     return torch.zeros_like(candidate_mask).scatter(-1, order, picked)
 
 
-def credit_weights(mask: Tensor, gamma: float = 1.5) -> Tensor:
-    """gamma of eq. (6): gamma_flow on the selected tokens, 1 elsewhere. Returns float32 [..., T]."""
+def credit_weights(mask: Tensor, gamma: float = GAMMA) -> Tensor:
+    """gamma of eq. (6): gamma_flow on the selected tokens, 1 elsewhere; float32 [..., T]."""
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool, got {mask.dtype}")
     one = torch.ones((), dtype=torch.float32, device=mask.device)

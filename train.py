@@ -38,7 +38,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import grpo as credit  # FIXME(merge): credit.py
+import credit
 import data
 import distributed
 import grpo

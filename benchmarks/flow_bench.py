@@ -1,7 +1,8 @@
 """How close is flow.throughput to the cost floor of its two triangular solves?
 
 For a batch of B random causal attention maps of length T, prints the best-of-N time of
-  floor:     one copy of W into the solve dtype + two torch.linalg.solve_triangular calls on [B, T, T]
+  floor:     one copy of W into the solve dtype + two torch.linalg.solve_triangular calls on
+             [B, T, T]
   fused:     flow.throughput (eqs. 2-4: one copy, two solves, vector work)
   stepwise:  potential -> reweight -> forward_flow, the straightforward version that materialises W'
 and the ratios to the floor. Figures only, no assertions. Usage:
@@ -32,8 +33,8 @@ def random_attention(B: int, T: int, device: str) -> torch.Tensor:
 
 
 def timed(fn, device: str, repeats: int) -> float:
-    """Best wall time in ms over `repeats` runs after one warm-up (the minimum is the least disturbed
-    by other processes sharing the machine)."""
+    """Best wall time in ms over `repeats` runs after one warm-up (the minimum is the least
+    disturbed by other processes sharing the machine)."""
     fn()
     times = []
     for _ in range(repeats):
@@ -48,17 +49,23 @@ def timed(fn, device: str, repeats: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--B", type=int, default=4)
     ap.add_argument("--T", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
+    ap.add_argument("--dtype", nargs="+", default=["float64", "float32"],
+                    choices=["float64", "float32"])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
-    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    if args.device == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {name}   torch {torch.__version__}   B = {args.B}")
-    print(f"{'dtype':>8} {'T':>6} {'floor ms':>10} {'fused ms':>10} {'stepwise ms':>12} {'fused/floor':>12} {'stepwise/floor':>15}")
+    print(f"{'dtype':>8} {'T':>6} {'floor ms':>10} {'fused ms':>10} {'stepwise ms':>12} "
+          f"{'fused/floor':>12} {'stepwise/floor':>15}")
     for dt_name in args.dtype:
         dtype = getattr(torch, dt_name)
         for T in args.T:

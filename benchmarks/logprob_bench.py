@@ -1,16 +1,19 @@
-"""Peak memory of grpo.token_logprobs (chunked logsumexp + gather) against the naive full log_softmax.
+"""Peak memory of grpo.token_logprobs (chunked log_softmax + gather) against the naive full
+log_softmax.
 
-A small random Qwen3 with a big vocabulary, so the [B, T, V] logits dominate memory. Each (variant, mode)
-runs in a fresh subprocess so peaks don't mix:
+A small random Qwen3 with a big vocabulary, so the [B, T, V] logits dominate memory. Each
+(variant, mode) runs in a fresh subprocess so peaks don't mix:
   naive    model(...).logits.float().log_softmax(-1).gather(...)   materialises [B, T, V] twice
-  chunked  grpo.token_logprobs(..., chunk_size=C)                   [B, C, V] at a time, checkpointed
+  chunked  grpo.token_logprobs(..., chunk_size=C)                   [B, C, V] at a time,
+                                                                    checkpointed
   modes: "no_grad" (old / reference log-probs) and "train" (forward + backward of sum(logp)).
-Peak memory: on CUDA torch.cuda.max_memory_allocated; on CPU the rise of the process's peak resident set
-(ru_maxrss) over its resident size just before the measured call. The CPU children run with glibc's mmap
-threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_): with the default dynamic threshold, freed blocks below
-32 MiB stay in the heap and the RSS peak measures allocator slack (chunk 32 then "costs" 900 MiB, not 170).
+Peak memory: on CUDA torch.cuda.max_memory_allocated; on CPU the rise of the process's peak resident
+set (ru_maxrss) over its resident size just before the measured call. The CPU children run with
+glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_): with the default dynamic threshold,
+freed blocks below 32 MiB stay in the heap and the RSS peak measures allocator slack (chunk 32 then
+"costs" 900 MiB, not 170).
 
-    python benchmarks/logprob_bench.py                      # V=65536, T=1024, B=2 on CPU: about a minute
+    python benchmarks/logprob_bench.py              # V=65536, T=1024, B=2 on CPU: about a minute
     python benchmarks/logprob_bench.py --vocab 151936 --seq 2048 --batch 4 --device cuda
 """
 
@@ -42,9 +45,10 @@ def _measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    cfg = Qwen3Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-                      num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-                      head_dim=args.hidden // 4, max_position_embeddings=args.seq, tie_word_embeddings=False)
+    cfg = Qwen3Config(vocab_size=args.vocab, hidden_size=args.hidden,
+                      intermediate_size=2 * args.hidden, num_hidden_layers=args.layers,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=args.hidden // 4,
+                      max_position_embeddings=args.seq, tie_word_embeddings=False)
     model = Qwen3ForCausalLM(cfg).to(args.device, dtype)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), device=args.device)
     mask = torch.ones_like(ids)
@@ -80,7 +84,8 @@ def _measure(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab", type=int, default=65536)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--batch", type=int, default=2)

@@ -1,8 +1,9 @@
-"""Tests of flow.py: eqs. (1)-(4), Theorem 3.1, conservation, the Doob identity, dead ends, padding,
-degenerate inputs, and the top-k credit of eq. (6).
+"""flow.py against the paper: eqs. (1)-(4) on a five-token graph by hand and against a slow
+reference, Theorem 3.1, conservation, the Doob identity f = h * u, dead ends, eq. (6)'s credit.
 
-The slow reference below is written token by token from the paper's text, in plain Python floats, and
-shares no code with flow.py.
+Each test's docstring is the property in the paper's words. The slow reference below is written
+token by token from the paper's text, in plain Python floats, and shares no code with flow.py.
+Numerics, padding, dtypes and bad input: tests/test_flow_numerics.py.
 """
 
 import math
@@ -18,7 +19,10 @@ import flow
 
 
 def slow_flow(attn, prompt, answer):
-    """h, W', f, tau for one sequence, loop by loop. attn: [T][T] (row = query); prompt/answer: [T] bools."""
+    """h, W', f, tau for one sequence, loop by loop.
+
+    attn: [T][T] (row = query); prompt/answer: [T] bools.
+    """
     T = len(attn)
     W = [[attn[k][i] if i < k else 0.0 for k in range(T)] for i in range(T)]  # eq. (1)
     h = [0.0] * T  # eq. (2), from the last token backwards
@@ -35,12 +39,13 @@ def slow_flow(attn, prompt, answer):
     f = [0.0] * T  # eq. (4), from the first token forwards
     for k in range(T):
         f[k] = s[k] + sum(f[i] * Wp[i][k] for i in range(k))
-    tau = [f[k] + sum(f[k] * Wp[k][j] for j in range(T)) + (f[k] if answer[k] else 0.0) for k in range(T)]
+    tau = [f[k] + sum(f[k] * Wp[k][j] for j in range(T)) + (f[k] if answer[k] else 0.0)
+           for k in range(T)]
     return h, Wp, f, tau
 
 
 def slow_u(attn, prompt, answer, h):
-    """Forward propagation on the RAW graph with source s / h (0 where h = 0); answer tokens absorb."""
+    """Forward propagation on the RAW graph, source s / h (0 where h = 0); answer tokens absorb."""
     T = len(attn)
     n_q = sum(prompt)
     u = [0.0] * T
@@ -50,13 +55,14 @@ def slow_u(attn, prompt, answer, h):
     return u
 
 
+
 # --------------------------------------------------------------------------------------------------
 # random causal attention with an attention-sink column
 # --------------------------------------------------------------------------------------------------
 
 
 def random_attention(T, generator, sink=3.0, temperature=1.0, dtype=torch.float64):
-    """[T, T] causal softmax attention whose first column (the 'attention sink') takes a large share."""
+    """[T, T] causal softmax attention whose first column (the 'attention sink') takes much."""
     logits = torch.randn(T, T, generator=generator, dtype=dtype) * temperature
     logits[:, 0] += sink
     causal = torch.ones(T, T, dtype=torch.bool).tril()
@@ -71,12 +77,14 @@ def masks(T, n_prompt, answer):
     return prompt, ans
 
 
+
 # --------------------------------------------------------------------------------------------------
-# a 5-token graph by hand
+# eqs. (1)-(4) on a 5-token graph by hand and against the slow reference
 # --------------------------------------------------------------------------------------------------
 
 
 def test_five_token_graph_by_hand():
+    """Eqs. (1)-(4) and tau(k) = f(k) + sum_{j > k} phi(k -> j), computed by hand on five tokens."""
     # Tokens 0, 1 are the prompt; 2, 3 the reasoning; 4 the answer. Attention rows (query) sum to 1:
     #   q1: [.5 .5]   q2: [.5 .25 .25]   q3: [.25 .25 0 .5]   q4: [.2 .2 .4 0 .2]
     # Eq. (1), W[i, k] = attn[k, i]:
@@ -118,6 +126,7 @@ def test_five_token_graph_by_hand():
 
 
 def test_influence_graph_orientation():
+    """Eq. (1): W_ik := a(x_k, x_i), an edge for all i < k of the time-ordered DAG."""
     attn = torch.arange(16, dtype=torch.float32).reshape(4, 4)
     W = flow.influence_graph(attn)
     for i in range(4):
@@ -125,13 +134,9 @@ def test_influence_graph_orientation():
             assert W[i, k] == (attn[k, i] if i < k else 0)
 
 
-# --------------------------------------------------------------------------------------------------
-# against the slow reference on random attention
-# --------------------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_slow_reference(seed):
+    """Eqs. (2)-(4) agree with a token-by-token reading of the paper's definitions."""
     g = torch.Generator().manual_seed(seed)
     T, n_prompt = 24, 6
     attn = random_attention(T, g)
@@ -141,29 +146,18 @@ def test_matches_slow_reference(seed):
 
     W = flow.influence_graph(attn)
     field = flow.trace(W, prompt, answer)
-    torch.testing.assert_close(field.h, torch.tensor(h_ref, dtype=torch.float64), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(field.f, torch.tensor(f_ref, dtype=torch.float64), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(field.tau, torch.tensor(tau_ref, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    close = dict(rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(field.h, torch.tensor(h_ref, dtype=torch.float64), **close)
+    torch.testing.assert_close(field.f, torch.tensor(f_ref, dtype=torch.float64), **close)
+    torch.testing.assert_close(field.tau, torch.tensor(tau_ref, dtype=torch.float64), **close)
     # the step-by-step public path (eqs. 2, 3, 4 separately) agrees too
     h = flow.potential(W, answer)
     Wp = flow.reweight(W, h, answer)
-    torch.testing.assert_close(Wp, torch.tensor(Wp_ref, dtype=torch.float64), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(flow.forward_flow(Wp, prompt), field.f, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(Wp, torch.tensor(Wp_ref, dtype=torch.float64), **close)
+    torch.testing.assert_close(flow.forward_flow(Wp, prompt), field.f, **close)
     # tokens after the answer carry nothing
     assert field.tau[21:].abs().max() == 0
 
-
-def test_float32_solve_agrees_with_float64():
-    g = torch.Generator().manual_seed(3)
-    attn = random_attention(200, g).float()
-    prompt, answer = masks(200, 40, range(180, 190))
-    W = flow.influence_graph(attn)
-    tau64 = flow.throughput(W, prompt, answer)
-    tau32 = flow.throughput(W, prompt, answer, dtype=torch.float32)
-    assert tau32.dtype == torch.float32
-    torch.testing.assert_close(tau32.double(), tau64, rtol=1e-4, atol=1e-7)
-    with pytest.raises(ValueError, match="float32 or float64"):
-        flow.throughput(W, prompt, answer, dtype=torch.bfloat16)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -172,6 +166,7 @@ def test_float32_solve_agrees_with_float64():
 
 
 def test_theorem_3_1_rows_of_reweighted_graph_sum_to_one():
+    """Theorem 3.1: for any node i with h(i) > 0, the reweighted outflow sums to unity."""
     g = torch.Generator().manual_seed(4)
     T = 64
     attn = random_attention(T, g)
@@ -186,11 +181,13 @@ def test_theorem_3_1_rows_of_reweighted_graph_sum_to_one():
     live = (h > 0) & ~answer
     assert h[30] == 0 and not live[30]
     assert live.sum() >= 50  # the theorem is tested on many rows, not vacuously
-    torch.testing.assert_close(rows[live], torch.ones(int(live.sum()), dtype=torch.float64), rtol=0, atol=1e-12)
+    ones = torch.ones(int(live.sum()), dtype=torch.float64)
+    torch.testing.assert_close(rows[live], ones, rtol=0, atol=1e-12)
     assert rows[~live].abs().max() == 0  # answer rows, dead ends and tokens after the answer
 
 
 def test_conservation_answer_receives_what_live_prompt_tokens_inject():
+    """Influence is neither created nor destroyed: the answer gets what the live prompt injects."""
     g = torch.Generator().manual_seed(5)
     T, n_prompt = 80, 12
     attn = random_attention(T, g)
@@ -207,6 +204,7 @@ def test_conservation_answer_receives_what_live_prompt_tokens_inject():
 
 
 def test_doob_identity_f_equals_h_times_u():
+    """Doob-h-like reweighting: f = h * u, u forward propagation on the raw W with source s / h."""
     g = torch.Generator().manual_seed(6)
     T = 40
     attn = random_attention(T, g, sink=1.0)
@@ -217,10 +215,12 @@ def test_doob_identity_f_equals_h_times_u():
         if h_ref[k] > 0:
             assert f_ref[k] == pytest.approx(h_ref[k] * u_ref[k], rel=1e-10, abs=1e-15)
     field = flow.trace(flow.influence_graph(attn), prompt, answer)
-    torch.testing.assert_close(field.u[:36], torch.tensor(u_ref[:36], dtype=torch.float64), rtol=1e-10, atol=0)
+    u = torch.tensor(u_ref[:36], dtype=torch.float64)
+    torch.testing.assert_close(field.u[:36], u, rtol=1e-10, atol=0)
 
 
 def test_dead_end_branch_gets_zero_flow():
+    """The reweighting suppresses flow into dead-end branches (where h(k) = 0)."""
     # 0 (prompt) -> {1, 2}; 1 -> 3 (answer); 2 -> 4 -> 5, and nobody reads 4 or 5 on the way to the
     # answer. Raw attention spreads plenty of influence into the branch 2 -> 4 -> 5 ...
     T = 6
@@ -241,182 +241,22 @@ def test_dead_end_branch_gets_zero_flow():
     assert naive[2] > 0 and naive[4] > 0 and naive[5] > 0
 
 
-# --------------------------------------------------------------------------------------------------
-# batches and padding
-# --------------------------------------------------------------------------------------------------
-
-
-def test_padding_never_changes_a_sequence():
-    g = torch.Generator().manual_seed(7)
-    # (left pad, prompt length, response length, answer offsets in the response)
-    specs = [(0, 5, 12, [9, 10]), (3, 2, 9, [0]), (1, 4, 7, [4, 5, 6])]
-    T = max(lp + p + r for lp, p, r, _ in specs) + 2
-    attn_b = torch.zeros(len(specs), T, T, dtype=torch.float64)
-    prompt_b = torch.zeros(len(specs), T, dtype=torch.bool)
-    answer_b = torch.zeros(len(specs), T, dtype=torch.bool)
-    singles = []
-    for b, (lp, p, r, ans) in enumerate(specs):
-        L = p + r
-        a = random_attention(L, g)
-        pm, am = masks(L, p, [p + x for x in ans])
-        singles.append(flow.throughput(flow.influence_graph(a), pm, am))
-        attn_b[b, lp : lp + L, lp : lp + L] = a
-        # garbage in the padding's own rows: left pads reading each other, right pads reading everything
-        attn_b[b, :lp, :lp] = torch.rand(lp, lp, generator=g, dtype=torch.float64).tril()
-        attn_b[b, lp + L :, : T] = torch.rand(T - lp - L, T, generator=g, dtype=torch.float64).tril(lp + L)
-        prompt_b[b, lp : lp + p] = pm[:p]
-        answer_b[b, lp : lp + L] = am
-    tau = flow.throughput(flow.influence_graph(attn_b), prompt_b, answer_b)
-    for b, (lp, p, r, _) in enumerate(specs):
-        L = p + r
-        torch.testing.assert_close(tau[b, lp : lp + L], singles[b], rtol=1e-12, atol=1e-15)
-        assert (tau[b, :lp] == 0).all() and (tau[b, lp + L :] == 0).all()
-
-
-def test_empty_masks_name_the_sequence():
-    attn = torch.eye(6, dtype=torch.float64).expand(3, 6, 6).clone()
-    W = flow.influence_graph(attn)
-    prompt = torch.zeros(3, 6, dtype=torch.bool)
-    prompt[:, 0] = True
-    answer = torch.zeros(3, 6, dtype=torch.bool)
-    answer[[0, 2], 4] = True
-    with pytest.raises(ValueError, match=r"answer_mask is empty for sequence\(s\) 1"):
-        flow.throughput(W, prompt, answer)
-    answer[1, 4] = True
-    prompt[2] = False
-    with pytest.raises(ValueError, match=r"prompt_mask is empty for sequence\(s\) 2"):
-        flow.throughput(W, prompt, answer)
-    with pytest.raises(ValueError, match="answer_mask is empty"):
-        flow.potential(W[0], torch.zeros(6, dtype=torch.bool))
-    with pytest.raises(ValueError, match="overlap"):
-        flow.throughput(W[0], prompt[0], prompt[0])
-
 
 # --------------------------------------------------------------------------------------------------
-# degenerate inputs: never NaN or inf
+# eq. (6): gamma_flow on the high-flow tokens
 # --------------------------------------------------------------------------------------------------
-
-
-def test_answer_at_first_response_token_and_tokens_after_it():
-    g = torch.Generator().manual_seed(8)
-    T = 20
-    attn = random_attention(T, g)
-    prompt, answer = masks(T, 8, [8])
-    field = flow.trace(flow.influence_graph(attn), prompt, answer)
-    assert torch.isfinite(field.tau).all()
-    assert field.f[8].item() == pytest.approx(1.0, rel=1e-12)  # every prompt token reads into it
-    assert field.tau[9:].abs().max() == 0
-
-
-def test_all_zero_attention_rows():
-    g = torch.Generator().manual_seed(9)
-    T = 30
-    attn = random_attention(T, g)
-    attn[[5, 12, 13]] = 0  # three tokens that read nothing
-    attn[[25]] = 0  # an answer token that reads nothing
-    prompt, answer = masks(T, 6, [24, 25])
-    field = flow.trace(flow.influence_graph(attn), prompt, answer)
-    assert torch.isfinite(field.tau).all() and torch.isfinite(field.h).all()
-    h_ref, _, f_ref, tau_ref = slow_flow(attn.tolist(), prompt.tolist(), answer.tolist())
-    torch.testing.assert_close(field.tau, torch.tensor(tau_ref, dtype=torch.float64), rtol=1e-12, atol=1e-15)
-    # nothing at all reaches the answer: the flow is 0 everywhere but on the (dead) prompt sources
-    dead = torch.zeros(T, T, dtype=torch.float64)
-    field = flow.trace(flow.influence_graph(dead), prompt, answer)
-    assert field.h[~answer].abs().max() == 0
-    torch.testing.assert_close(field.f, prompt.double() / 6)
-    assert torch.isfinite(field.u).all()
-
-
-def test_prompt_token_below_the_float_floor_is_finite():
-    # chain q -> k -> answer with edges of 1e-160: h(k) = 1e-160 and h(q) = 1e-320, a subnormal float64
-    # whose reciprocal overflows. q keeps its share but cannot propagate it; nothing becomes NaN or inf.
-    W = torch.zeros(4, 4, dtype=torch.float64)
-    W[0, 3] = 1.0  # prompt token 0 reads straight into the answer
-    W[1, 2] = 1e-160  # prompt token 1 -> 2 (response)
-    W[2, 3] = 1e-160  # 2 -> answer
-    prompt, answer = masks(4, 2, [3])
-    field = flow.trace(W, prompt, answer)
-    assert 0 < field.h[1] < 1e-300
-    assert torch.isfinite(field.tau).all()
-    assert field.f.tolist() == [0.5, 0.5, 0.0, 0.5]
-
-
-def test_long_peaky_attention_spanning_many_orders_of_magnitude():
-    g = torch.Generator().manual_seed(10)
-    T = 4096
-    attn = random_attention(T, g, sink=4.0, temperature=15.0, dtype=torch.float32)  # very peaky rows
-    prompt, answer = masks(T, 300, range(4000, 4010))
-    W = flow.influence_graph(attn)
-    for dtype in (torch.float64, torch.float32):
-        field = flow.trace(W, prompt, answer, dtype=dtype)
-        for x in (field.h, field.f, field.tau, field.u):
-            assert torch.isfinite(x).all()
-        live = field.h[:4000] > 0
-        assert field.h[:4000][live].max() / field.h[:4000][live].min() > 1e20  # many orders of magnitude
-        assert field.f[answer].sum().item() == pytest.approx(1.0, rel=1e-3 if dtype == torch.float32 else 1e-9)
-        assert (field.f >= 0).all()
-
-
-def test_non_attention_input_is_refused_rather_than_overflowing():
-    # a "graph" whose columns sum to 100 is no attention: forward propagation explodes
-    T = 200
-    W = torch.full((T, T), 100.0, dtype=torch.float64).triu(1)
-    prompt, answer = masks(T, 1, [T - 1])
-    with pytest.raises(ValueError, match="not finite"):
-        flow.throughput(W, prompt, answer)
-
-
-# --------------------------------------------------------------------------------------------------
-# eq. (6): top-k selection and credit weights
-# --------------------------------------------------------------------------------------------------
-
-
-def test_top_k_mask_counts_order_and_ties():
-    scores = torch.tensor(
-        [
-            [9.0, 5.0, 1.0, 3.0, 3.0, 2.0, 7.0, 0.0],
-            [0.0, 0.0, 4.0, 4.0, 4.0, 4.0, 1.0, 9.0],
-        ]
-    )
-    cand = torch.tensor(
-        [
-            [False, True, True, True, True, True, False, False],  # 5 candidates -> round(2.0) = 2
-            [False, False, True, True, True, True, True, False],  # 5 candidates, 4 tied
-        ]
-    )
-    top = flow.top_k_mask(scores, cand, ratio=0.4)
-    assert top[0].nonzero().flatten().tolist() == [1, 3]  # 5.0 and the earlier of the tied 3.0s
-    assert top[1].nonzero().flatten().tolist() == [2, 3]  # ties -> earliest tokens
-    bottom = flow.top_k_mask(scores, cand, ratio=0.4, largest=False)
-    assert bottom[0].nonzero().flatten().tolist() == [2, 5]  # 1.0 and 2.0
-    assert bottom[1].nonzero().flatten().tolist() == [2, 6]  # 1.0, then the earliest tied 4.0
-    assert not (top & ~cand).any() and not (bottom & ~cand).any()
-    # counts: round half up of ratio * n
-    for n, ratio, k in [(10, 0.4, 4), (5, 0.5, 3), (3, 0.4, 1), (1, 0.4, 0), (7, 1.0, 7), (7, 0.0, 0)]:
-        c = torch.zeros(12, dtype=torch.bool)
-        c[:n] = True
-        assert flow.top_k_mask(torch.randn(12), c, ratio=ratio).sum() == k
-    # one sequence or a batch: same answer
-    assert torch.equal(flow.top_k_mask(scores[1], cand[1]), top[1])
-
-
-def test_top_k_mask_refuses_bad_input():
-    s, c = torch.zeros(4), torch.ones(4, dtype=torch.bool)
-    with pytest.raises(ValueError, match="ratio"):
-        flow.top_k_mask(s, c, ratio=1.5)
-    with pytest.raises(ValueError, match="finite"):
-        flow.top_k_mask(torch.tensor([0.0, float("nan"), 0.0, 0.0]), c)
-    with pytest.raises(ValueError, match="bool"):
-        flow.top_k_mask(s, c.float())
 
 
 def test_credit_weights():
+    """Eq. (6): gamma_t = gamma_flow if t is in T_high_flow, 1 otherwise."""
     mask = torch.tensor([[True, False, True], [False, False, False]])
-    torch.testing.assert_close(flow.credit_weights(mask), torch.tensor([[1.5, 1.0, 1.5], [1.0, 1.0, 1.0]]))
-    torch.testing.assert_close(flow.credit_weights(mask[0], gamma=2.0), torch.tensor([2.0, 1.0, 2.0]))
+    expect = torch.tensor([[1.5, 1.0, 1.5], [1.0, 1.0, 1.0]])
+    torch.testing.assert_close(flow.credit_weights(mask), expect)
+    torch.testing.assert_close(flow.credit_weights(mask[0], gamma=2.0), torch.tensor([2.0, 1, 2]))
 
 
 def test_flow_credit_end_to_end_picks_the_backbone():
+    """The token on the flow backbone from the question to the answer is among the top 40%."""
     # the response is 6 tokens; token 5 (response offset 1) is the only route from the prompt to the
     # answer, so it must be in the top 40% of the response by throughput
     T = 10
@@ -436,3 +276,4 @@ def test_flow_credit_end_to_end_picks_the_backbone():
     top = flow.top_k_mask(tau, response & ~answer, ratio=0.4)
     assert top[5]
     assert math.isclose(tau[answer].item(), 2.0, rel_tol=1e-12)
+

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import grpo
+import credit
 import runs
 import train
 
@@ -43,7 +43,7 @@ TOP_K = {"flow", "flow-bottom", "random", "entropy", "attention", "gradient"}
 SPREAD = {"flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"}
 
 
-@pytest.mark.parametrize("strategy", sorted(grpo.CREDIT_STRATEGIES))
+@pytest.mark.parametrize("strategy", sorted(credit.CREDIT_STRATEGIES))
 def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
     torch.set_num_threads(1)
     result = train.main(SMALL + ["--steps", "2", "--save-every", "2", "--credit", strategy,
