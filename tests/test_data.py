@@ -9,6 +9,7 @@ import pytest
 
 import data
 import rewards
+from countdown_solver import solve_countdown
 
 BENCH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 INSTR = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -256,8 +257,9 @@ def test_every_benchmark_file_loads_in_full_with_its_format():
                 assert rewards.choice_reward(f"\\boxed{{{e.gold[0]}}}", e.gold) == 1.0, e.id
         if name == "countdown":
             for e in examples[:50]:
-                answer = rewards.solve_countdown(e.gold["numbers"], e.gold["target"])
-                assert rewards.REWARDS["countdown"](f"<answer>{answer}</answer>", e.gold) == 1.0, e.id
+                answer = solve_countdown(e.gold["numbers"], e.gold["target"])
+                response = f"<answer>{answer}</answer>"
+                assert rewards.REWARDS["countdown"](response, e.gold) == 1.0, e.id
 
 
 # ---- prompt templates and the tiny task's held-out set
