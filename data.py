@@ -1,7 +1,7 @@
-"""Data: Example, the benchmark loaders (local JSONL or the Hugging Face hub) and the prompt templates.
+"""Data: Example, the benchmark loaders (local JSONL or the Hugging Face hub), the prompt templates.
 
-Every source becomes a list of `Example(prompt, gold, kind, id)`: a local .jsonl file (the format given
-or guessed), a benchmark name of BENCHMARKS, or a synthetic task of tasks.py ("arith").
+Every source becomes a list of `Example(prompt, gold, kind, id)`: a local .jsonl file (the format
+given or guessed), a benchmark name of BENCHMARKS, or a synthetic task of tasks.py ("arith").
 """
 
 from __future__ import annotations
@@ -32,21 +32,24 @@ class Example:
     id: str = ""
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Benchmark files: one Format per row shape in ../shared/benchmarks (see its PROVENANCE.md)
 
-MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."  # the paper's (App. C.3)
+# the paper's (App. C.3)
+MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 @dataclass(frozen=True)
 class Format:
     """How to read one JSONL row shape into an Example.
 
-    prompt_field: dotted path of the question text ("prompt.0.content": row["prompt"][0]["content"]).
-    gold:         dotted path of the gold answer. A field named `answer` or `solution` goes through
-                  rewards.gold_of, which knows GSM8K's "... #### 18" and a worked solution's last \\boxed{}.
-    instruction:  appended to the question after a newline; None when the stored prompt carries its own
-                  (Countdown's TinyZero prompt, CrossThinkQA's).
+    prompt_field: dotted path of the question text ("prompt.0.content":
+                  row["prompt"][0]["content"]).
+    gold:         dotted path of the gold answer. A field named `answer` or `solution` goes
+                  through rewards.gold_of, which knows GSM8K's "... #### 18" and a worked
+                  solution's last \\boxed{}.
+    instruction:  appended to the question after a newline; None when the stored prompt carries
+                  its own (Countdown's TinyZero prompt, CrossThinkQA's).
     """
 
     name: str
@@ -64,15 +67,18 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("amc23", "math", "question", "answer"),  # answer is a float (27.0)
     Format("olympiadbench", "math", "question", "final_answer"),  # final_answer is a list
     Format("minerva", "math", "problem", "solution"),  # gold: the last \boxed{} of the solution
-    Format("countdown", "countdown", "prompt.0.content", "reward_model.ground_truth", None),  # {"numbers", "target"}
-    Format("crossthinkqa", "choice", "prompt", "ground_truth", None),  # ground_truth: "F: option text"
-    Format("dapo", "math", "prompt.0.content", "reward_model.ground_truth"),  # DAPO-Math-17K, template removed
+    # gold: {"numbers", "target"}
+    Format("countdown", "countdown", "prompt.0.content", "reward_model.ground_truth", None),
+    Format("crossthinkqa", "choice", "prompt", "ground_truth", None),  # gold: "F: option text"
+    # DAPO-Math-17K, template removed
+    Format("dapo", "math", "prompt.0.content", "reward_model.ground_truth"),
 ]}
 FIELD_NAMES = ("prompt", "gold")  # the keys of load_examples(fields=...)
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number from 1, row) for every non-blank line; a line that is not a JSON object raises ValueError."""
+    """(line number from 1, row) for every non-blank line; a line that is not a JSON object raises
+    ValueError."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -83,7 +89,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path.name}:{number}: invalid JSON: {e}") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}")
+                raise ValueError(
+                    f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}"
+                )
             yield number, row
 
 
@@ -108,7 +116,9 @@ def _field(row: dict, path: str, where: str) -> Any:
     try:
         value = _get(row, path)
     except _Missing:
-        raise ValueError(f"{where}: missing field {path!r} (the row has keys {sorted(row)})") from None
+        raise ValueError(
+            f"{where}: missing field {path!r} (the row has keys {sorted(row)})"
+        ) from None
     if value is None:
         raise ValueError(f"{where}: field {path!r} is null")
     return value
@@ -118,8 +128,13 @@ def _example(row: dict, fmt: Format, where: str) -> Example:
     """One row as an Example; the gold is checked against rewards.REWARDS[fmt.kind] right away."""
     question = _field(row, fmt.prompt_field, where)
     if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"{where}: field {fmt.prompt_field!r} must be a non-empty string, got {question!r}")
-    prompt = question if fmt.instruction is None or fmt.instruction in question else f"{question}\n{fmt.instruction}"
+        raise ValueError(
+            f"{where}: field {fmt.prompt_field!r} must be a non-empty string, got {question!r}"
+        )
+    if fmt.instruction is None or fmt.instruction in question:
+        prompt = question
+    else:
+        prompt = f"{question}\n{fmt.instruction}"
     gold = _field(row, fmt.gold, where)
     leaf = fmt.gold.rsplit(".", 1)[-1]
     if leaf in ("answer", "solution"):
@@ -130,7 +145,9 @@ def _example(row: dict, fmt: Format, where: str) -> Example:
     try:
         rewards.REWARDS[fmt.kind]("", gold)  # an empty response: scores 0, but a bad gold raises
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{where}: field {fmt.gold!r} is not a {fmt.kind} gold ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{where}: field {fmt.gold!r} is not a {fmt.kind} gold ({type(e).__name__}: {e})"
+        ) from None
     return Example(prompt=prompt, gold=gold, kind=fmt.kind, id=where)
 
 
@@ -152,8 +169,9 @@ def _check_format(name: str) -> Format:
 
 
 def guess_format(path: str | Path, row: dict, fields: dict[str, str] | None = None) -> str:
-    """The format of a JSONL file: the one format name in its file name ("gsm8k_test.jsonl"), else the formats
-    that can read its first row, if they all read it the same way (e.g. math500 and aime24 rows)."""
+    """The format of a JSONL file: the one format name in its file name ("gsm8k_test.jsonl"), else
+    the formats that can read its first row, if they all read it the same way (e.g. math500 and
+    aime24 rows)."""
     stem = Path(path).name.lower()
     named = [name for name in FORMATS if name in stem]
     if len(named) == 1:
@@ -167,8 +185,13 @@ def guess_format(path: str | Path, row: dict, fields: dict[str, str] | None = No
         readings[name] = (example.prompt, repr(example.gold), example.kind)
     if readings and len(set(readings.values())) == 1:
         return next(iter(readings))
-    why = "no format reads its first row" if not readings else f"formats {sorted(readings)} read it differently"
-    raise ValueError(f"{Path(path).name}: cannot guess the format ({why}); pass one of {sorted(FORMATS)}")
+    if not readings:
+        why = "no format reads its first row"
+    else:
+        why = f"formats {sorted(readings)} read it differently"
+    raise ValueError(
+        f"{Path(path).name}: cannot guess the format ({why}); pass one of {sorted(FORMATS)}"
+    )
 
 
 def _examples(rows: Iterable[tuple[str, dict]], fmt: Format, limit: int | None) -> list[Example]:
@@ -192,10 +215,11 @@ def load_jsonl(path: str | Path, format: str | None = None, *, limit: int | None
             raise ValueError(f"{path.name}: no rows")
         format = guess_format(path, first[1], fields)
     fmt = _with_fields(_check_format(format), fields)
-    return _examples(((f"{path.name}:{number}", row) for number, row in read_jsonl(path)), fmt, limit)
+    rows = ((f"{path.name}:{number}", row) for number, row in read_jsonl(path))
+    return _examples(rows, fmt, limit)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Benchmarks by name: a local copy (--data-dir) or the Hugging Face hub
 
 
@@ -203,8 +227,8 @@ def load_jsonl(path: str | Path, format: str | None = None, *, limit: int | None
 class Benchmark:
     """A named benchmark: where the hub keeps it and what our local copy is called.
 
-    hub_fields maps our field names onto the hub rows where they differ from the local file's shape;
-    hub_id None: no hub copy has this shape (the local file is needed).
+    hub_fields maps our field names onto the hub rows where they differ from the local file's
+    shape; hub_id None: no hub copy has this shape (the local file is needed).
     """
 
     hub_id: str | None
@@ -215,12 +239,13 @@ class Benchmark:
     hub_fields: dict[str, str] | None = None
 
 
-# Hub ids and row fields as used by public eval loaders (not checked against the hub here: no internet):
-# openai/gsm8k, HuggingFaceH4/MATH-500, HuggingFaceH4/aime_2024 (problem, answer), math-ai/aime25 (problem, answer),
-# math-ai/amc23 (question, answer), math-ai/minervamath (question, answer), math-ai/olympiadbench (question,
-# final_answer; 674 rows said to be text-only English, our file has 675 -- the exact subset is unverified).
-# open-r1/DAPO-Math-17k-Processed ("en", deduplicated) keeps reward_model (its create_dataset.py); whether its
-# `prompt` still carries DAPO's own "Answer: $Answer" instruction is unverified: prefer --data-dir with our file.
+# Hub ids and row fields as used by public eval loaders (not checked against the hub here: no
+# internet): openai/gsm8k, HuggingFaceH4/MATH-500, HuggingFaceH4/aime_2024 (problem, answer),
+# math-ai/aime25 (problem, answer), math-ai/amc23 (question, answer), math-ai/minervamath
+# (question, answer), math-ai/olympiadbench (question, final_answer; 674 rows said to be text-only
+# English, our file has 675 -- the exact subset is unverified). open-r1/DAPO-Math-17k-Processed
+# ("en", deduplicated) keeps reward_model (its create_dataset.py); whether its `prompt` still
+# carries DAPO's own "Answer: $Answer" instruction is unverified: prefer --data-dir with our file.
 BENCHMARKS: dict[str, Benchmark] = {
     "gsm8k": Benchmark("openai/gsm8k", "main", "test", "gsm8k", "gsm8k_test.jsonl"),
     "math500": Benchmark("HuggingFaceH4/MATH-500", None, "test", "math500", "math500_test.jsonl"),
@@ -228,20 +253,25 @@ BENCHMARKS: dict[str, Benchmark] = {
     "aime25": Benchmark("math-ai/aime25", None, "test", "aime25", "aime25_test.jsonl",
                         {"prompt": "problem", "gold": "answer"}),
     "amc23": Benchmark("math-ai/amc23", None, "test", "amc23", "amc23_test.jsonl"),
-    "olympiadbench": Benchmark("math-ai/olympiadbench", None, "test", "olympiadbench", "olympiadbench_test.jsonl"),
+    "olympiadbench": Benchmark("math-ai/olympiadbench", None, "test", "olympiadbench",
+                               "olympiadbench_test.jsonl"),
     "minerva": Benchmark("math-ai/minervamath", None, "test", "minerva", "minerva_math_test.jsonl",
                          {"prompt": "question", "gold": "answer"}),
-    # TinyZero builds its prompts from Jiayi-Pan/Countdown-Tasks-3to4 (examples/data_preprocess/countdown.py);
-    # our file is that script's test split. CrossThinkQA is ROLL's processed sample of nvidia/Nemotron-CrossThink.
+    # TinyZero builds its prompts from Jiayi-Pan/Countdown-Tasks-3to4
+    # (examples/data_preprocess/countdown.py); our file is that script's test split. CrossThinkQA
+    # is ROLL's processed sample of nvidia/Nemotron-CrossThink.
     "countdown": Benchmark(None, None, "test", "countdown", "countdown_tinyzero_test.jsonl"),
-    "crossthinkqa": Benchmark(None, None, "test", "crossthinkqa", "crossthinkqa_roll_sample811.jsonl"),
-    "dapo": Benchmark("open-r1/DAPO-Math-17k-Processed", "en", "train", "dapo", "dapo_math_17k.jsonl",
+    "crossthinkqa": Benchmark(None, None, "test", "crossthinkqa",
+                              "crossthinkqa_roll_sample811.jsonl"),
+    "dapo": Benchmark("open-r1/DAPO-Math-17k-Processed", "en", "train", "dapo",
+                      "dapo_math_17k.jsonl",
                       {"prompt": "prompt", "gold": "reward_model.ground_truth"}),
 }
 
 
 def _synthetic() -> dict:
-    """tasks.TASKS, imported here: tasks.py builds on Example, so importing it at the top would be a cycle."""
+    """tasks.TASKS, imported here: tasks.py builds on Example, so importing it at the top would be
+    a cycle."""
     import tasks
 
     return tasks.TASKS
@@ -254,30 +284,35 @@ def benchmark_names() -> list[str]:
 
 def _load_hub(name: str, bench: Benchmark, limit: int | None, why_not_local: str) -> list[Example]:
     if bench.hub_id is None:
-        raise FileNotFoundError(f"benchmark {name!r}: {why_not_local}, and it has no hub copy in this row shape: "
-                                f"pass --data-dir DIR holding {bench.file}")
+        raise FileNotFoundError(f"benchmark {name!r}: {why_not_local}, and it has no hub copy in "
+                                f"this row shape: pass --data-dir DIR holding {bench.file}")
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"benchmark {name!r}: {why_not_local}; loading {bench.hub_id} from the hub needs the "
-                          f"`datasets` library: pip install datasets, or pass --data-dir DIR holding {bench.file} "
-                          "or a local JSONL path") from None
+        raise ImportError(f"benchmark {name!r}: {why_not_local}; loading {bench.hub_id} from the "
+                          "hub needs the `datasets` library: pip install datasets, or pass "
+                          f"--data-dir DIR holding {bench.file} or a local JSONL path") from None
     try:
         rows = datasets.load_dataset(bench.hub_id, bench.config, split=bench.split)
     except Exception as e:  # no network, no such dataset, ...: the hub's own exception types vary
-        raise RuntimeError(f"benchmark {name!r}: {why_not_local}, and loading {bench.hub_id} (config "
-                           f"{bench.config}, split {bench.split}) from the hub failed: {type(e).__name__}: {e}. "
+        raise RuntimeError(f"benchmark {name!r}: {why_not_local}, and loading {bench.hub_id} "
+                           f"(config {bench.config}, split {bench.split}) from the hub failed: "
+                           f"{type(e).__name__}: {e}. "
                            f"Offline? pass --data-dir DIR holding {bench.file}") from e
     fmt = _with_fields(FORMATS[bench.format], bench.hub_fields)
-    return _examples(((f"{bench.hub_id}:{i + 1}", row) for i, row in enumerate(rows)), fmt, limit)
+    numbered = ((f"{bench.hub_id}:{i + 1}", row) for i, row in enumerate(rows))
+    return _examples(numbered, fmt, limit)
 
 
 def load_examples(source: str, format: str | None = None, *, limit: int | None = None,
-                  fields: dict[str, str] | None = None, data_dir: str | Path | None = None) -> list[Example]:
-    """Examples from a local .jsonl path, a benchmark name (a key of BENCHMARKS) or a synthetic task ("arith").
+                  fields: dict[str, str] | None = None,
+                  data_dir: str | Path | None = None) -> list[Example]:
+    """Examples from a local .jsonl path, a benchmark name (a key of BENCHMARKS) or a synthetic
+    task ("arith").
 
-    A path's format is `format`, else guessed (guess_format); `fields` maps our field names ("prompt", "gold")
-    onto a user's JSONL. A benchmark is read from data_dir/<its file> when that exists, else from the hub.
+    A path's format is `format`, else guessed (guess_format); `fields` maps our field names
+    ("prompt", "gold") onto a user's JSONL. A benchmark is read from data_dir/<its file> when that
+    exists, else from the hub.
     limit: the first `limit` examples only.
     """
     if limit is not None and limit < 1:
@@ -285,12 +320,13 @@ def load_examples(source: str, format: str | None = None, *, limit: int | None =
     if source.endswith(".jsonl") or Path(source).is_file():
         return load_jsonl(source, format, limit=limit, fields=fields)
     if format is not None or fields:
-        raise ValueError(f"{source!r} is a benchmark name: format= and fields= apply to local JSONL files only")
+        raise ValueError(f"{source!r} is a benchmark name: format= and fields= apply to local "
+                         "JSONL files only")
     if source in _synthetic():
         return _synthetic()[source].held_out()[:limit]
     if source not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {source!r} (and no such .jsonl file); valid benchmarks: "
-                         f"{benchmark_names()}")
+        raise ValueError(f"unknown benchmark {source!r} (and no such .jsonl file); valid "
+                         f"benchmarks: {benchmark_names()}")
     bench = BENCHMARKS[source]
     if data_dir is not None and (Path(data_dir) / bench.file).is_file():
         return load_jsonl(Path(data_dir) / bench.file, bench.format, limit=limit)
@@ -298,21 +334,23 @@ def load_examples(source: str, format: str | None = None, *, limit: int | None =
     return _load_hub(source, bench, limit, why)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Prompt templates
 
 TEMPLATES = ("chat", "fewshot")
 
-# The paper's two few-shot examples for Llama base models (App. C.3), words as printed; the PDF text lost the line
-# breaks inside the second answer, which are laid out here like the first's.
+# The paper's two few-shot examples for Llama base models (App. C.3), words as printed; the PDF
+# text lost the line breaks inside the second answer, which are laid out here like the first's.
 FEWSHOT = (
-    "User: Calculate $12 + 8 * 2$. Please reason step by step, and put your final answer within \\boxed{}.\n\n"
-    "Assistant: According to the order of operations, we first perform multiplication, then addition.\n"
+    "User: Calculate $12 + 8 * 2$. Please reason step by step, and put your final answer within "
+    "\\boxed{}.\n\n"
+    "Assistant: According to the order of operations, we first perform multiplication, then "
+    "addition.\n"
     "Step 1. $8 * 2 = 16$.\n"
     "Step 2. $12 + 16 = 28$.\n"
     "The final answer is \\boxed{28}.\n\n"
-    "User: Solve the equation: $2x - 5 = 5$. Please reason step by step, and put your final answer within "
-    "\\boxed{}.\n\n"
+    "User: Solve the equation: $2x - 5 = 5$. Please reason step by step, and put your final "
+    "answer within \\boxed{}.\n\n"
     "Assistant: To find the value of x, we need to isolate the variable.\n"
     "Step 1: Add 5 to both sides of the equation: $2x = 10$\n"
     "Step 2: Divide both sides by 2: $x = 5$\n"
@@ -321,8 +359,9 @@ FEWSHOT = (
 
 
 def render_prompt(example_prompt: str, template: str) -> tuple[str, bool]:
-    """(text, chat_template) for rollout.generate: "chat" leaves the user message to the tokenizer's chat template;
-    "fewshot" is plain text (User:/Assistant: turns after the paper's two examples) for base models without one."""
+    """(text, chat_template) for rollout.generate: "chat" leaves the user message to the
+    tokenizer's chat template; "fewshot" is plain text (User:/Assistant: turns after the paper's
+    two examples) for base models without one."""
     if template == "chat":
         return example_prompt, True
     if template == "fewshot":

@@ -1,12 +1,12 @@
 """Synthetic tasks: problems we generate, so they need no download and RL has something to learn.
 
-The arithmetic task of the embedded default (`arith`). Problems are short expressions over one-digit
-numbers with + - *, e.g. "3+4*2-5". The teacher of the supervised warm start writes step-by-step traces
-that end in \\boxed{}, but on a fixed share of the problems where it matters it uses a wrong procedure:
-it ignores operator precedence and reduces left to right. The warm-started model therefore holds two
-strategies, one right and one wrong; one reward bit per sample is enough to tell them apart, and the
-tokens where the two diverge (the first reduction step) are exactly the kind of pivots flow credit is
-meant to find.
+The arithmetic task of the embedded default (`arith`). Problems are short expressions over
+one-digit numbers with + - *, e.g. "3+4*2-5". The teacher of the supervised warm start writes
+step-by-step traces that end in \\boxed{}, but on a fixed share of the problems where it matters it
+uses a wrong procedure: it ignores operator precedence and reduces left to right. The warm-started
+model therefore holds two strategies, one right and one wrong; one reward bit per sample is enough
+to tell them apart, and the tokens where the two diverge (the first reduction step) are exactly
+the kind of pivots flow credit is meant to find.
 
     Compute 3+4*2-5.          right: 4*2=8 / 3+8=11 / 11-5=6 / \\boxed{6}
                               wrong: 3+4=7 / 7*2=14 / 14-5=9 / \\boxed{9}
@@ -37,11 +37,13 @@ def _apply(a: int, op: str, b: int) -> int:
     return a * b
 
 
-def solve_steps(numbers: list[int], ops: list[str], precedence: bool = True) -> list[tuple[int, str, int, int]]:
-    """The reductions (a, op, b, a op b) that evaluate the expression, in the order a student writes them.
+def solve_steps(numbers: list[int], ops: list[str],
+                precedence: bool = True) -> list[tuple[int, str, int, int]]:
+    """The reductions (a, op, b, a op b) that evaluate the expression, in the order a student
+    writes them.
 
-    With precedence, every * is reduced first (leftmost first), then + and - left to right; without it,
-    everything is reduced left to right (the teacher's wrong procedure).
+    With precedence, every * is reduced first (leftmost first), then + and - left to right;
+    without it, everything is reduced left to right (the teacher's wrong procedure).
     """
     nums, ops = list(numbers), list(ops)
     steps = []
@@ -67,7 +69,7 @@ def expression(numbers: list[int], ops: list[str]) -> str:
 
 
 def precedence_matters(ops: list[str]) -> bool:
-    """True when left-to-right reduction takes another route than the right one: a * after a + or -."""
+    """True when left-to-right reduction goes another way than the right one: a * after a + or -."""
     seen_additive = False
     for op in ops:
         if op == "*" and seen_additive:
@@ -78,7 +80,7 @@ def precedence_matters(ops: list[str]) -> bool:
 
 @dataclass(frozen=True)
 class ArithmeticTask:
-    """Problems with 3-4 one-digit operands. `sample` draws (numbers, ops); seeds make splits disjoint."""
+    """Problems with 3-4 one-digit operands; `sample` draws (numbers, ops), seeds split them."""
 
     min_operands: int = 3
     max_operands: int = 4
@@ -96,13 +98,15 @@ class ArithmeticTask:
         return [self.problem(*self.sample(rng)) for _ in range(n)]
 
     def examples(self, n: int, seed: int, exclude: frozenset[str] = frozenset()) -> list[Example]:
-        """n distinct problems as Examples, none of whose prompts is in `exclude` (a held-out set's prompts)."""
+        """n distinct problems as Examples, none of whose prompts is in `exclude` (a held-out set's
+        prompts)."""
         rng, seen, out = random.Random(seed), set(exclude), []
         while len(out) < n:
             p = self.problem(*self.sample(rng))
             if p.prompt not in seen:
                 seen.add(p.prompt)
-                out.append(Example(prompt=p.prompt, gold=p.answer, kind="math", id=f"arith:{seed}:{len(out)}"))
+                out.append(Example(prompt=p.prompt, gold=p.answer, kind="math",
+                                   id=f"arith:{seed}:{len(out)}"))
         return out
 
 

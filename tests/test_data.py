@@ -1,4 +1,5 @@
-"""Tests of the benchmark loaders (data.py). Rows below are invented, shaped like the rows of each benchmark file."""
+"""Tests of the benchmark loaders (data.py). Rows below are invented, shaped like the rows of each
+benchmark file."""
 
 import json
 import sys
@@ -9,65 +10,81 @@ import pytest
 
 import data
 import rewards
+from countdown_solver import solve_countdown
 
 BENCH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 INSTR = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-COUNTDOWN_PROMPT = ("A conversation between User and Assistant. ...\nUser: Using the numbers [3, 5, 7], create an "
-                    "equation that equals 22. ... return the final answer in <answer> </answer> tags.\nAssistant: "
-                    "Let me solve this step by step.\n<think>")
-CHOICE_PROMPT = ("Answer the following single choice question. Please reason step by step, and put the letter of the "
-                 "correct option inside \\boxed{}. \nWhich is even?\nA: 3\nB: 4\nC: 5")
+COUNTDOWN_PROMPT = ("A conversation between User and Assistant. ...\nUser: Using the numbers "
+                    "[3, 5, 7], create an equation that equals 22. ... return the final answer in "
+                    "<answer> </answer> tags.\nAssistant: Let me solve this step by step.\n<think>")
+CHOICE_PROMPT = ("Answer the following single choice question. Please reason step by step, and put "
+                 "the letter of the correct option inside \\boxed{}. \nWhich is even?\nA: 3\nB: 4\n"
+                 "C: 5")
 
 # format -> (file name, row, expected prompt, expected gold, a response that must score 1)
 CASES = {
-    "gsm8k": ("gsm8k_test.jsonl", {"question": "Tom has 2 cats and 3 dogs. How many pets?",
-                                   "answer": "He has 2 + 3 = <<2+3=5>>5 pets.\n#### 5"},
-              "Tom has 2 cats and 3 dogs. How many pets?" + INSTR, "5", "so \\boxed{5}"),
-    "math500": ("math500_test.jsonl", {"problem": "Simplify $\\frac{2}{4}$.",
-                                       "solution": "It is $\\boxed{\\frac{1}{2}}$.",
-                                       "answer": "\\frac{1}{2}", "subject": "Algebra", "level": 1,
-                                       "unique_id": "test/algebra/1.json"},
-                "Simplify $\\frac{2}{4}$." + INSTR, "\\frac{1}{2}", "\\boxed{0.5}"),
-    "aime24": ("aime24_test.jsonl", {"id": 1, "problem": "Find $7 \\cdot 11$.", "solution": "$\\framebox{77}$",
-                                     "answer": "77", "url": "https://example.org/1", "question": "Find $7 \\cdot 11$."},
-               "Find $7 \\cdot 11$." + INSTR, "77", "\\boxed{77}"),
-    "aime25": ("aime25_test.jsonl", {"data_source": "test-math-aime25", "ability": "math",
-                                     "prompt": [{"content": "Find $6 \\cdot 7$.", "role": "user"}],
-                                     "reward_model": {"ground_truth": "42", "style": "rule"},
-                                     "extra_info": {"id": 0, "split": "test"}},
-               "Find $6 \\cdot 7$." + INSTR, "42", "\\boxed{42}"),
-    "amc23": ("amc23_test.jsonl", {"id": 0, "problem": "Half of 54?", "answer": 27.0, "url": "https://example.org/2",
-                                   "question": "Half of 54?"},
-              "Half of 54?" + INSTR, 27.0, "\\boxed{27}"),
-    "olympiadbench": ("olympiadbench_test.jsonl", {"id": 9, "subfield": "Algebra", "context": None,
-                                                   "question": "Solve $x^2=4$, $x>0$.", "solution": ["x=2"],
-                                                   "final_answer": ["$2$"], "is_multiple_answer": False, "unit": None,
-                                                   "answer_type": "Numerical", "error": None},
-                      "Solve $x^2=4$, $x>0$." + INSTR, ["$2$"], "\\boxed{2}"),
-    "minerva": ("minerva_math_test.jsonl", {"problem": "What is $3 \\times 1.5$?",
-                                            "solution": "First $\\boxed{3}$... so $\\boxed{4.5} \\mathrm{~m}$",
-                                            "type": "Physics (8.01)", "idx": 0},
-                "What is $3 \\times 1.5$?" + INSTR, "4.5", "\\boxed{4.5}"),
-    "countdown": ("countdown_tinyzero_test.jsonl", {"target": 22, "nums": [3, 5, 7], "data_source": "countdown",
-                                                    "prompt": [{"content": COUNTDOWN_PROMPT, "role": "user"}],
-                                                    "ability": "math",
-                                                    "reward_model": {"ground_truth": {"numbers": [3, 5, 7],
-                                                                                      "target": 22}, "style": "rule"},
-                                                    "extra_info": {"index": 0, "split": "test"}},
-                  COUNTDOWN_PROMPT, {"numbers": [3, 5, 7], "target": 22}, "<think>..</think><answer>3*5+7</answer>"),
-    "crossthinkqa": ("crossthinkqa_roll_sample811.jsonl", {"id": "1", "source": "crossthinkqa", "difficulty": "0",
-                                                            "prompt": CHOICE_PROMPT,
-                                                            "messages": json.dumps([{"role": "user",
-                                                                                     "content": CHOICE_PROMPT}]),
-                                                            "ground_truth": "B: 4", "case_type": "",
-                                                            "test_case_function": "", "test_cases": "",
-                                                            "tag": "crossthinkqa"},
-                     CHOICE_PROMPT, "B: 4", "The answer is \\boxed{B}"),
-    "dapo": ("dapo_math_17k.jsonl", {"data_source": "DAPO-17k", "ability": "math",
-                                     "prompt": [{"content": "Compute $2^5$.", "role": "user"}],
-                                     "reward_model": {"ground_truth": "32", "style": "rule"},
-                                     "extra_info": {"answer": "", "index": 0, "split": "train"}},
-             "Compute $2^5$." + INSTR, "32", "\\boxed{32}"),
+    "gsm8k": (
+        "gsm8k_test.jsonl",
+        {"question": "Tom has 2 cats and 3 dogs. How many pets?",
+         "answer": "He has 2 + 3 = <<2+3=5>>5 pets.\n#### 5"},
+        "Tom has 2 cats and 3 dogs. How many pets?" + INSTR, "5", "so \\boxed{5}"),
+    "math500": (
+        "math500_test.jsonl",
+        {"problem": "Simplify $\\frac{2}{4}$.", "solution": "It is $\\boxed{\\frac{1}{2}}$.",
+         "answer": "\\frac{1}{2}", "subject": "Algebra", "level": 1,
+         "unique_id": "test/algebra/1.json"},
+        "Simplify $\\frac{2}{4}$." + INSTR, "\\frac{1}{2}", "\\boxed{0.5}"),
+    "aime24": (
+        "aime24_test.jsonl",
+        {"id": 1, "problem": "Find $7 \\cdot 11$.", "solution": "$\\framebox{77}$", "answer": "77",
+         "url": "https://example.org/1", "question": "Find $7 \\cdot 11$."},
+        "Find $7 \\cdot 11$." + INSTR, "77", "\\boxed{77}"),
+    "aime25": (
+        "aime25_test.jsonl",
+        {"data_source": "test-math-aime25", "ability": "math",
+         "prompt": [{"content": "Find $6 \\cdot 7$.", "role": "user"}],
+         "reward_model": {"ground_truth": "42", "style": "rule"},
+         "extra_info": {"id": 0, "split": "test"}},
+        "Find $6 \\cdot 7$." + INSTR, "42", "\\boxed{42}"),
+    "amc23": (
+        "amc23_test.jsonl",
+        {"id": 0, "problem": "Half of 54?", "answer": 27.0, "url": "https://example.org/2",
+         "question": "Half of 54?"},
+        "Half of 54?" + INSTR, 27.0, "\\boxed{27}"),
+    "olympiadbench": (
+        "olympiadbench_test.jsonl",
+        {"id": 9, "subfield": "Algebra", "context": None, "question": "Solve $x^2=4$, $x>0$.",
+         "solution": ["x=2"], "final_answer": ["$2$"], "is_multiple_answer": False, "unit": None,
+         "answer_type": "Numerical", "error": None},
+        "Solve $x^2=4$, $x>0$." + INSTR, ["$2$"], "\\boxed{2}"),
+    "minerva": (
+        "minerva_math_test.jsonl",
+        {"problem": "What is $3 \\times 1.5$?",
+         "solution": "First $\\boxed{3}$... so $\\boxed{4.5} \\mathrm{~m}$",
+         "type": "Physics (8.01)", "idx": 0},
+        "What is $3 \\times 1.5$?" + INSTR, "4.5", "\\boxed{4.5}"),
+    "countdown": (
+        "countdown_tinyzero_test.jsonl",
+        {"target": 22, "nums": [3, 5, 7], "data_source": "countdown",
+         "prompt": [{"content": COUNTDOWN_PROMPT, "role": "user"}], "ability": "math",
+         "reward_model": {"ground_truth": {"numbers": [3, 5, 7], "target": 22}, "style": "rule"},
+         "extra_info": {"index": 0, "split": "test"}},
+        COUNTDOWN_PROMPT, {"numbers": [3, 5, 7], "target": 22},
+        "<think>..</think><answer>3*5+7</answer>"),
+    "crossthinkqa": (
+        "crossthinkqa_roll_sample811.jsonl",
+        {"id": "1", "source": "crossthinkqa", "difficulty": "0", "prompt": CHOICE_PROMPT,
+         "messages": json.dumps([{"role": "user", "content": CHOICE_PROMPT}]),
+         "ground_truth": "B: 4", "case_type": "", "test_case_function": "", "test_cases": "",
+         "tag": "crossthinkqa"},
+        CHOICE_PROMPT, "B: 4", "The answer is \\boxed{B}"),
+    "dapo": (
+        "dapo_math_17k.jsonl",
+        {"data_source": "DAPO-17k", "ability": "math",
+         "prompt": [{"content": "Compute $2^5$.", "role": "user"}],
+         "reward_model": {"ground_truth": "32", "style": "rule"},
+         "extra_info": {"answer": "", "index": 0, "split": "train"}},
+        "Compute $2^5$." + INSTR, "32", "\\boxed{32}"),
 }
 
 
@@ -91,11 +108,12 @@ def test_each_format_reads_its_rows(tmp_path, name):
         assert (e.prompt, e.gold, e.kind) == (prompt, gold, data.FORMATS[name].kind)
         assert rewards.REWARDS[e.kind](response, e.gold) == 1.0
         assert rewards.REWARDS[e.kind]("\\boxed{1000}", e.gold) == 0.0
-    assert data.FORMATS[name].instruction is (None if name in ("countdown", "crossthinkqa") else data.MATH_INSTRUCTION)
+    own = name in ("countdown", "crossthinkqa")  # the stored prompt carries its own instruction
+    assert data.FORMATS[name].instruction is (None if own else data.MATH_INSTRUCTION)
 
 
-@pytest.mark.parametrize("name", ["gsm8k", "math500", "aime25", "olympiadbench", "minerva", "countdown",
-                                  "crossthinkqa"])
+@pytest.mark.parametrize("name", ["gsm8k", "math500", "aime25", "olympiadbench", "minerva",
+                                  "countdown", "crossthinkqa"])
 def test_format_guessed_from_the_keys_of_an_unnamed_file(tmp_path, name):
     _, row, prompt, gold, _ = CASES[name]
     assert data.guess_format(tmp_path / "rows.jsonl", row) == name
@@ -103,12 +121,15 @@ def test_format_guessed_from_the_keys_of_an_unnamed_file(tmp_path, name):
 
 
 def test_rows_that_several_formats_read_alike_take_the_first_and_others_are_refused(tmp_path):
-    # An AMC23 row (problem == question, answer) reads the same through gsm8k, math500, aime24 and amc23.
+    # An AMC23 row (problem == question, answer) reads the same through gsm8k, math500, aime24 and
+    # amc23.
     row = CASES["amc23"][1]
     assert data.load_examples(str(write_jsonl(tmp_path / "rows.jsonl", [row])))[0].gold == 27.0
-    # A MATH500 row whose solution boxes another spelling than its answer: math500 and minerva disagree.
+    # A MATH500 row whose solution boxes another spelling than its answer: math500 and minerva
+    # disagree.
     row = dict(CASES["math500"][1], solution="$\\boxed{0.5}$")
-    with pytest.raises(ValueError, match=r"rows.jsonl: cannot guess.*\['aime24', 'math500', 'minerva'\] read it diff"):
+    with pytest.raises(ValueError, match=r"rows.jsonl: cannot guess.*"
+                                         r"\['aime24', 'math500', 'minerva'\] read it diff"):
         data.guess_format(tmp_path / "rows.jsonl", row)
     with pytest.raises(ValueError, match=r"rows.jsonl: cannot guess.*no format reads.*'countdown'"):
         data.guess_format(tmp_path / "rows.jsonl", {"text": "hi", "label": 1})
@@ -123,10 +144,11 @@ def test_instruction_is_not_appended_twice(tmp_path):
 def test_fields_map_a_users_jsonl_and_limit(tmp_path):
     rows = [{"q": f"What is {i}+1?", "final": str(i + 1)} for i in range(5)]
     path = write_jsonl(tmp_path / "mine.jsonl", rows)
-    examples = data.load_examples(str(path), "math500", limit=3, fields={"prompt": "q", "gold": "final"})
+    fields = {"prompt": "q", "gold": "final"}
+    examples = data.load_examples(str(path), "math500", limit=3, fields=fields)
     assert [(e.prompt, e.gold, e.id) for e in examples] == [
         (f"What is {i}+1?" + INSTR, str(i + 1), f"mine.jsonl:{i + 1}") for i in range(3)]
-    assert data.load_examples(str(path), fields={"prompt": "q", "gold": "final"})[4].gold == "5"  # guessed: math
+    assert data.load_examples(str(path), fields=fields)[4].gold == "5"  # guessed: math
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['answer'\].*\['prompt', 'gold'\]"):
         data.load_examples(str(path), "math500", fields={"answer": "final"})
 
@@ -144,38 +166,48 @@ def test_broken_lines_and_missing_fields_name_file_line_and_field(tmp_path):
     with pytest.raises(ValueError, match=r"^data.jsonl:3: missing field 'answer'"):
         data.load_examples(str(path), "gsm8k")
     write_jsonl(path, [{k: v for k, v in CASES["aime25"][1].items() if k != "reward_model"}])
-    with pytest.raises(ValueError, match=r"^data.jsonl:1: missing field 'reward_model.ground_truth'"):
+    with pytest.raises(ValueError,
+                       match=r"^data.jsonl:1: missing field 'reward_model.ground_truth'"):
         data.load_examples(str(path), "aime25")
     write_jsonl(path, [dict(CASES["countdown"][1], prompt=[])])
     with pytest.raises(ValueError, match=r"^data.jsonl:1: missing field 'prompt.0.content'"):
         data.load_examples(str(path), "countdown")
     write_jsonl(path, [{"problem": "p", "solution": "no box", "type": "t", "idx": 0}])
-    with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'solution' holds no \\boxed\{\} answer"):
+    with pytest.raises(ValueError,
+                       match=r"^data.jsonl:1: field 'solution' holds no \\boxed\{\} answer"):
         data.load_examples(str(path), "minerva")
     write_jsonl(path, [{"question": "  ", "answer": "#### 1"}])
-    with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'question' must be a non-empty string"):
+    with pytest.raises(ValueError,
+                       match=r"^data.jsonl:1: field 'question' must be a non-empty string"):
         data.load_examples(str(path), "gsm8k")
 
 
 def test_golds_the_reward_would_reject_fail_at_load_time(tmp_path):
-    path = write_jsonl(tmp_path / "data.jsonl", [dict(CASES["crossthinkqa"][1], ground_truth="four")])
-    with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'ground_truth' is not a choice gold"):
+    path = write_jsonl(tmp_path / "data.jsonl",
+                       [dict(CASES["crossthinkqa"][1], ground_truth="four")])
+    with pytest.raises(ValueError,
+                       match=r"^data.jsonl:1: field 'ground_truth' is not a choice gold"):
         data.load_examples(str(path), "crossthinkqa")
-    bad = dict(CASES["countdown"][1], reward_model={"ground_truth": {"numbers": [3, 5, 7]}, "style": "rule"})
-    with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'reward_model.ground_truth' is not a countdown gold"):
+    bad = dict(CASES["countdown"][1],
+               reward_model={"ground_truth": {"numbers": [3, 5, 7]}, "style": "rule"})
+    with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'reward_model.ground_truth' is not "
+                                         r"a countdown gold"):
         data.load_examples(str(write_jsonl(tmp_path / "data.jsonl", [bad])), "countdown")
     with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'final_answer' is null"):
-        data.load_examples(str(write_jsonl(tmp_path / "data.jsonl", [{"question": "q", "final_answer": None}])),
-                           "olympiadbench")
+        path = write_jsonl(tmp_path / "data.jsonl", [{"question": "q", "final_answer": None}])
+        data.load_examples(str(path), "olympiadbench")
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown benchmark 'math5000'.*'arith', 'aime24'.*'math500'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown benchmark 'math5000'.*'arith', 'aime24'.*'math500'"):
         data.load_examples("math5000")
     path = write_jsonl(tmp_path / "x.jsonl", [CASES["gsm8k"][1]])
-    with pytest.raises(ValueError, match=r"unknown format 'gsm8K'; valid formats: \['aime24', .*'gsm8k'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown format 'gsm8K'; valid formats: \['aime24', .*'gsm8k'"):
         data.load_examples(str(path), "gsm8K")
-    with pytest.raises(ValueError, match=r"unknown template 'plain'; valid templates: \['chat', 'fewshot'\]"):
+    with pytest.raises(ValueError,
+                       match=r"unknown template 'plain'; valid templates: \['chat', 'fewshot'\]"):
         data.render_prompt("x", "plain")
     with pytest.raises(FileNotFoundError, match="no such JSONL file"):
         data.load_examples(str(tmp_path / "missing.jsonl"))
@@ -187,18 +219,21 @@ def test_benchmark_by_name_reads_the_local_copy(tmp_path):
     _, row, prompt, gold, _ = CASES["gsm8k"]
     write_jsonl(tmp_path / data.BENCHMARKS["gsm8k"].file, [row] * 4)
     examples = data.load_examples("gsm8k", data_dir=tmp_path, limit=2)
-    assert [(e.prompt, e.gold, e.id) for e in examples] == [(prompt, gold, "gsm8k_test.jsonl:1"),
-                                                            (prompt, gold, "gsm8k_test.jsonl:2")]
-    assert set(data.BENCHMARKS) == set(data.FORMATS) and all(b.format == k for k, b in data.BENCHMARKS.items())
+    assert [(e.prompt, e.gold, e.id) for e in examples] == [
+        (prompt, gold, "gsm8k_test.jsonl:1"), (prompt, gold, "gsm8k_test.jsonl:2")]
+    assert set(data.BENCHMARKS) == set(data.FORMATS)
+    assert all(b.format == k for k, b in data.BENCHMARKS.items())
 
 
 def test_without_datasets_the_error_says_how_to_get_the_data(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
-    with pytest.raises(ImportError, match=r"'math500'.*pip install datasets.*--data-dir DIR holding math500_test"):
+    with pytest.raises(ImportError, match=r"'math500'.*pip install datasets.*"
+                                          r"--data-dir DIR holding math500_test"):
         data.load_examples("math500")
     with pytest.raises(ImportError, match=r"math500_test.jsonl is not in .*pip install datasets"):
         data.load_examples("math500", data_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"'countdown'.*no hub copy.*--data-dir DIR holding countdown_tinyzero"):
+    with pytest.raises(FileNotFoundError, match=r"'countdown'.*no hub copy.*"
+                                                r"--data-dir DIR holding countdown_tinyzero"):
         data.load_examples("countdown")
 
 
@@ -213,7 +248,8 @@ def test_unreachable_hub_gives_a_clear_error(monkeypatch):
         raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub")
 
     monkeypatch.setitem(sys.modules, "datasets", fake_datasets(offline))
-    with pytest.raises(RuntimeError, match=r"'gsm8k'.*openai/gsm8k \(config main, split test\).*ConnectionError.*"
+    with pytest.raises(RuntimeError, match=r"'gsm8k'.*openai/gsm8k \(config main, split test\)"
+                                           r".*ConnectionError.*"
                                            r"--data-dir DIR holding gsm8k_test.jsonl"):
         data.load_examples("gsm8k")
 
@@ -229,7 +265,8 @@ def test_hub_rows_are_read_with_the_hub_field_names(monkeypatch):
     examples = data.load_examples("aime25", limit=2)
     assert calls == [("math-ai/aime25", None, "test")]
     assert [(e.prompt, e.gold, e.id) for e in examples] == [
-        ("Find 0+0." + INSTR, "0", "math-ai/aime25:1"), ("Find 1+1." + INSTR, "2", "math-ai/aime25:2")]
+        ("Find 0+0." + INSTR, "0", "math-ai/aime25:1"),
+        ("Find 1+1." + INSTR, "2", "math-ai/aime25:2")]
 
 
 # ---- the real files (skipped when ../shared/benchmarks is absent)
@@ -256,8 +293,9 @@ def test_every_benchmark_file_loads_in_full_with_its_format():
                 assert rewards.choice_reward(f"\\boxed{{{e.gold[0]}}}", e.gold) == 1.0, e.id
         if name == "countdown":
             for e in examples[:50]:
-                answer = rewards.solve_countdown(e.gold["numbers"], e.gold["target"])
-                assert rewards.REWARDS["countdown"](f"<answer>{answer}</answer>", e.gold) == 1.0, e.id
+                answer = solve_countdown(e.gold["numbers"], e.gold["target"])
+                response = f"<answer>{answer}</answer>"
+                assert rewards.REWARDS["countdown"](response, e.gold) == 1.0, e.id
 
 
 # ---- prompt templates and the tiny task's held-out set
@@ -272,6 +310,6 @@ def test_fewshot_prompt_holds_the_papers_two_examples_then_the_question():
     assert text.startswith("User: Calculate $12 + 8 * 2$. Please reason step by step")
     assert text.endswith("\n\nUser: Compute 3+4." + INSTR + "\n\nAssistant:")
     turns = text.split("\n\n")
-    assert [t.split(":")[0] for t in turns] == ["User", "Assistant", "User", "Assistant", "User", "Assistant"]
+    assert [t.split(":")[0] for t in turns] == ["User", "Assistant"] * 3
     # the exemplar answers are right and boxed (12 + 8*2 = 28; 2x - 5 = 5 -> x = 5)
     assert rewards.math_reward(turns[1], "28") == 1.0 and rewards.math_reward(turns[3], "5") == 1.0

@@ -1,13 +1,14 @@
-"""Tests of rewards.py: answer region, math / Countdown / choice verifiers, hostile inputs, golds."""
+"""Tests of rewards.py: answer region, math / Countdown / choice verifiers, benchmark golds.
+
+Refusals, the deadline and score_batch's worker pool are tested in test_sandbox.py.
+"""
 from __future__ import annotations
 
 import itertools
 import json
 import random
 import re
-import signal
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rewards  # noqa: E402
+from countdown_solver import solve_countdown  # noqa: E402
 from rewards import answer_span, choice_reward, countdown_reward, math_reward  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
@@ -158,83 +160,22 @@ def test_math_reward_bad_gold_is_an_error():
         math_reward("\\boxed{1}", float("nan"))
 
 
-def test_refuse_reason_lets_real_answers_through():
-    for answer in ["2^{1009}", "\\frac{100!}{2^{50}}", "10^{100}", "e^{-x^2}", "(2n)!", "x^5 - x^4 + x^3"]:
-        assert rewards.refuse_reason(answer) is None, answer
-    for answer in ["9^{9^{9^9}}", "2^2^2", "(9^{99})^{99}", "10^{123456}", "(10^{10})!", "1001!",
-                   "7" * 300, "(" * 40 + "1" + ")" * 40, "x+" * 600]:
-        assert rewards.refuse_reason(answer) is not None, answer
-
-
-HOSTILE = {
-    "power tower": "\\boxed{9^{9^{9^9}}}",
-    "python power tower": "\\boxed{9**9**9**9}",
-    "power of power": "\\boxed{(99999^{99999})^{99999}}",
-    "huge exponent": "\\boxed{2^{99999999999}}",
-    "10,000 digits": "\\boxed{" + "7" * 10_000 + "}",
-    "200 nested parentheses": "\\boxed{" + "(" * 200 + "1" + ")" * 200 + "}",
-    "200 nested braces": "\\boxed{" + "{" * 200 + "1" + "}" * 200 + "}",
-    "25 nested fractions": "\\boxed{" + "\\frac{1}{" * 25 + "2" + "}" * 25 + "}",
-    "200 KB response": "word " * 40_000 + "\\boxed{5}",
-    "200 KB box": "\\boxed{" + "x+" * 100_000 + "1}",
-    "200 KB of braces": "{" * 200_000,
-    "unbalanced braces": "\\boxed{5}}}}{{{\\boxed{\\frac{1}{2}",
-    "python code": "\\boxed{__import__('os').system('echo pwned')}",
-    "python comprehension": "\\boxed{[x for x in range(10**10)]}",
-    "division by zero": "\\boxed{1/0}",
-    "factorial of a power": "\\boxed{(10^{10})!}",
-    "huge binomial": "\\boxed{\\binom{1000000000}{500000000}}",
-    "integral": "\\boxed{\\int_0^{\\infty} e^{-x^2} \\sin(x^{99}) dx}",
-    "sine of a huge number": "\\boxed{\\sin(10^{99999})}",
-    "many boxes": "\\boxed{1}" * 20_000,
-}
-
-
-def test_deadline_survives_a_swallowed_alarm():
-    """A library's bare `except:` may swallow the first _Deadline; the repeating alarm raises it again."""
-    start = time.perf_counter()
-    with pytest.raises(rewards._Deadline):
-        with rewards._deadline(0.2):
-            try:
-                while time.perf_counter() - start < 10:
-                    pass
-            except BaseException:  # swallow the first alarm, like a bare except in a dependency
-                pass
-            while time.perf_counter() - start < 10:
-                pass
-    assert time.perf_counter() - start < 2.0
-    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-
-
-def test_math_reward_hostile_inputs_are_bounded():
-    """Every hostile answer scores 0 against a wrong gold within 2 s (the SIGALRM deadline is
-    MATH_TIMEOUT_S = 1 s; refuse_reason keeps one-shot C-level big-int work away from sympy)."""
-    times = {}
-    for name, response in HOSTILE.items():
-        start = time.perf_counter()
-        assert math_reward(response, "42") == 0.0, name
-        times[name] = time.perf_counter() - start
-    worst = max(times, key=times.get)
-    print(f"hostile inputs: max {times[worst]:.3f} s ({worst})")
-    assert times[worst] < 2.0, times
-
-
 # ---------------------------------------------------------------------------------------------
 # Countdown
 # ---------------------------------------------------------------------------------------------
 
 
-def test_parse_arithmetic_exact():
+def test_parse_countdown_exact():
     # (96 - 74) * 7 / 2 = 22 * 7 / 2 = 77, with left-to-right * and /
-    assert rewards.parse_arithmetic("(96 - 74) * 7 / 2") == (Fraction(77), [96, 74, 7, 2])
+    assert rewards.parse_countdown("(96 - 74) * 7 / 2") == (Fraction(77), [96, 74, 7, 2])
     # 1 / 3 * 3 is exactly 1 in rationals (floats give 1.0 too, but 1/3 + 1/3 + 1/3 shows exactness)
-    assert rewards.parse_arithmetic("1 / 3 + 1 / 3 + 1 / 3")[0] == 1
-    assert rewards.parse_arithmetic("8 - 2 - 1")[0] == 5  # left associative
-    assert rewards.parse_arithmetic("2 \\times 3 \\div 4")[0] == Fraction(3, 2)
-    for bad in ["1 / (2 - 2)", "2 ** 3", "-1 + 2", "1.5 + 2", "(1 + 2", "1 + 2)", "abs(1)", "1 2", "",
-                "__import__('os')", "(" * 60 + "1" + ")" * 60]:
+    assert rewards.parse_countdown("1 / 3 + 1 / 3 + 1 / 3")[0] == 1
+    assert rewards.parse_countdown("8 - 2 - 1")[0] == 5  # left associative
+    assert rewards.parse_countdown("2 \\times 3 \\div 4")[0] == Fraction(3, 2)
+    for bad in ["1 / (2 - 2)", "2 ** 3", "-1 + 2", "1.5 + 2", "(1 + 2", "1 + 2)", "abs(1)", "1 2",
+                "", "__import__('os')", "(" * 60 + "1" + ")" * 60]:
         with pytest.raises(rewards.ExpressionError):
-            rewards.parse_arithmetic(bad)
+            rewards.parse_countdown(bad)
 
 
 @pytest.mark.parametrize(
@@ -264,10 +205,10 @@ def test_countdown_reward_bad_numbers_is_an_error():
 
 def _all_values(numbers: list[int]) -> set[Fraction]:
     """Independent slow enumeration: every permutation, every operator triple, and every
-    parenthesisation of 3 or 4 numbers, written out as text and evaluated by parse_arithmetic."""
+    parenthesisation of 3 or 4 numbers, written out as text and evaluated by parse_countdown."""
     shapes = {3: ["(a o b) o c", "a o (b o c)"],
-              4: ["((a o b) o c) o d", "(a o (b o c)) o d", "(a o b) o (c o d)", "a o ((b o c) o d)",
-                  "a o (b o (c o d))"]}[len(numbers)]
+              4: ["((a o b) o c) o d", "(a o (b o c)) o d", "(a o b) o (c o d)",
+                  "a o ((b o c) o d)", "a o (b o (c o d))"]}[len(numbers)]
     values = set()
     for perm in itertools.permutations(numbers):
         for ops in itertools.product("+-*/", repeat=len(numbers) - 1):
@@ -278,7 +219,7 @@ def _all_values(numbers: list[int]) -> set[Fraction]:
                 for op in ops:
                     text = text.replace("o", op, 1)
                 try:
-                    values.add(rewards.parse_arithmetic(text)[0])
+                    values.add(rewards.parse_countdown(text)[0])
                 except rewards.ExpressionError:
                     pass
     return values
@@ -290,7 +231,7 @@ def test_solve_countdown_is_complete_against_enumeration():
         numbers = [rng.randint(1, 20) for _ in range(rng.choice([3, 4]))]
         reachable = _all_values(numbers)
         for target in range(1, 60):
-            expression = rewards.solve_countdown(numbers, target)
+            expression = solve_countdown(numbers, target)
             assert (expression is not None) == (Fraction(target) in reachable), (numbers, target)
             if expression is not None:
                 assert countdown_reward(f"<answer>{expression}</answer>", numbers, target) == 1.0
@@ -316,7 +257,8 @@ def test_solve_countdown_is_complete_against_enumeration():
     ],
 )
 def test_choice_reward(response, reward):
-    assert choice_reward(response, "F: Kantian ethics focus on the categorical imperative.") == reward
+    gold = "F: Kantian ethics focus on the categorical imperative."
+    assert choice_reward(response, gold) == reward
     assert choice_reward(response, "F") == reward
 
 
@@ -326,42 +268,11 @@ def test_choice_reward_bad_gold():
 
 
 # ---------------------------------------------------------------------------------------------
-# score_batch
-# ---------------------------------------------------------------------------------------------
-
-
-def test_score_batch_matches_single_calls_and_survives_a_stuck_item():
-    responses = ["\\boxed{5}", HOSTILE["integral"], "\\boxed{x+1}", "\\boxed{4}", "<answer>1+2</answer>"]
-    golds = ["5", "0", "1+x", "5", "3"]
-    # the integral runs into math_reward's 1 s deadline; a 0.3 s item timeout kills its worker
-    # first, and the items behind it are still scored by a fresh worker.
-    assert rewards.score_batch("math", responses, golds, timeout_s=0.3) == [1.0, 0.0, 1.0, 0.0, 0.0]
-    countdown = [{"numbers": [1, 2], "target": 3}] * 2
-    assert rewards.score_batch("countdown", ["<answer>1+2</answer>", "<answer>1*2</answer>"], countdown) == [1.0, 0.0]
-
-
-def test_score_batch_in_process_matches_the_pool():
-    responses = ["\\boxed{5}", "\\boxed{x+1}", "\\boxed{4}", "no box", "\\boxed{9^{9^{9^9}}}"]
-    golds = ["5", "1+x", "5", "5", "1"]
-    assert rewards.score_batch("math", responses, golds, workers=0) == [1.0, 1.0, 0.0, 0.0, 0.0]
-    assert rewards.score_batch("math", responses, golds, workers=0) == rewards.score_batch("math", responses, golds)
-
-
-@pytest.mark.parametrize("workers", [0, 2])
-def test_score_batch_errors(workers):
-    with pytest.raises(ValueError, match="item 1"):
-        rewards.score_batch("math", ["\\boxed{1}", "\\boxed{1}"], ["1", []], workers=workers)
-    with pytest.raises(ValueError, match="kind"):
-        rewards.score_batch("chess", ["a"], ["b"])
-    with pytest.raises(ValueError, match="2 responses but 1 golds"):
-        rewards.score_batch("math", ["a", "b"], ["1"])
-
-
-# ---------------------------------------------------------------------------------------------
 # Benchmark golds (../shared/benchmarks; skipped when absent)
 # ---------------------------------------------------------------------------------------------
 
-MATH_SETS = ["math500_test", "gsm8k_test", "amc23_test", "aime24_test", "aime25_test", "olympiadbench_test"]
+MATH_SETS = ["math500_test", "gsm8k_test", "amc23_test", "aime24_test", "aime25_test",
+             "olympiadbench_test"]
 
 
 def _rows(name: str) -> list[dict]:
@@ -395,10 +306,14 @@ def test_benchmark_golds(name):
     failures = []
     for i, gold in enumerate(golds):
         s = _first(gold)
-        right = [s] + ([f"\\frac{{{2 * int(float(s))}}}{{2}}"] if re.fullmatch(r"-?\d+(?:\.0+)?", s) else [])
-        failures += [("right", i, s, r) for r in right if math_reward(f"So \\boxed{{{r}}}.", gold) != 1.0]
+        right = [s]
+        if re.fullmatch(r"-?\d+(?:\.0+)?", s):
+            right.append(f"\\frac{{{2 * int(float(s))}}}{{2}}")
+        failures += [("right", i, s, r) for r in right
+                     if math_reward(f"So \\boxed{{{r}}}.", gold) != 1.0]
         wrong = _wrong_answer(golds, i)
-        failures += [("wrong", i, s, wrong)] if math_reward(f"So \\boxed{{{wrong}}}.", gold) != 0.0 else []
+        if math_reward(f"So \\boxed{{{wrong}}}.", gold) != 0.0:
+            failures.append(("wrong", i, s, wrong))
     rate = 1 - len({f[1] for f in failures}) / len(golds)
     print(f"{name}: {len(golds)} golds, pass rate {rate:.2%}, failures: {failures}")
     assert rate >= 0.995, failures
@@ -410,17 +325,20 @@ def test_countdown_test_set_solver_and_reward():
     rows = _rows("countdown_tinyzero_test")
     unsolved = 0
     for row in rows:
-        numbers, target = row["reward_model"]["ground_truth"]["numbers"], row["reward_model"]["ground_truth"]["target"]
-        expression = rewards.solve_countdown(numbers, target)
+        truth = row["reward_model"]["ground_truth"]
+        numbers, target = truth["numbers"], truth["target"]
+        expression = solve_countdown(numbers, target)
         if expression is None:
             unsolved += 1
             continue
-        assert countdown_reward(f"<think>...</think>\n<answer>{expression}</answer>", numbers, target) == 1.0
+        response = f"<think>...</think>\n<answer>{expression}</answer>"
+        assert countdown_reward(response, numbers, target) == 1.0
         # use the first number twice instead of the last one: wrong numbers
         twice = expression[::-1].replace(str(numbers[-1])[::-1], str(numbers[0])[::-1], 1)[::-1]
         if numbers[-1] != numbers[0]:
             assert countdown_reward(f"<answer>{twice}</answer>", numbers, target) == 0.0, twice
-    print(f"countdown test set: {len(rows)} items, {len(rows) - unsolved} solved, {unsolved} without a solution")
+    print(f"countdown test set: {len(rows)} items, {len(rows) - unsolved} solved, "
+          f"{unsolved} without a solution")
     assert unsolved < len(rows)
 
 
@@ -429,5 +347,6 @@ def test_crossthinkqa_golds():
     for row in rows:
         letter = row["ground_truth"][0]
         other = "A" if letter != "A" else "B"
-        assert choice_reward(f"... \\boxed{{{letter}}}", row["ground_truth"]) == 1.0, row["ground_truth"]
-        assert choice_reward(f"... \\boxed{{{other}}}", row["ground_truth"]) == 0.0, row["ground_truth"]
+        gold = row["ground_truth"]
+        assert choice_reward(f"... \\boxed{{{letter}}}", gold) == 1.0, gold
+        assert choice_reward(f"... \\boxed{{{other}}}", gold) == 0.0, gold

@@ -1,4 +1,5 @@
-"""Tests of the synthetic arithmetic task (tasks.py): right answers, the wrong teacher, the worked solutions."""
+"""Tests of the synthetic arithmetic task (tasks.py): right answers, the wrong teacher, the worked
+solutions."""
 
 import random
 
@@ -11,7 +12,8 @@ def test_answers_match_an_independent_evaluator():
     task, rng = tasks.ArithmeticTask(), random.Random(0)
     for _ in range(500):
         numbers, ops = task.sample(rng)
-        value, literals = rewards.parse_arithmetic(tasks.expression(numbers, ops))  # precedence by grammar
+        expression = tasks.expression(numbers, ops)
+        value, literals = rewards.parse_countdown(expression)  # precedence by grammar
         assert literals == numbers
         assert task.problem(numbers, ops).answer == str(value)
 
@@ -22,7 +24,8 @@ def test_traces_are_verifiable_and_the_wrong_teacher_is_wrong_only_where_precede
     for _ in range(500):
         numbers, ops = task.sample(rng)
         gold = task.problem(numbers, ops).answer
-        right, wrong = tasks.worked_solution(numbers, ops), tasks.worked_solution(numbers, ops, precedence=False)
+        right = tasks.worked_solution(numbers, ops)
+        wrong = tasks.worked_solution(numbers, ops, precedence=False)
         assert rewards.math_reward(right, gold) == 1.0
         assert right.endswith(f"\\boxed{{{gold}}}")
         if not tasks.precedence_matters(ops):
@@ -33,8 +36,10 @@ def test_traces_are_verifiable_and_the_wrong_teacher_is_wrong_only_where_precede
 
 
 def test_hand_examples():
-    assert tasks.worked_solution([3, 4, 2, 5], ["+", "*", "-"]) == "4*2=8\n3+8=11\n11-5=6\n\\boxed{6}"
-    assert tasks.worked_solution([3, 4, 2, 5], ["+", "*", "-"], precedence=False) == "3+4=7\n7*2=14\n14-5=9\n\\boxed{9}"
+    numbers, ops = [3, 4, 2, 5], ["+", "*", "-"]
+    assert tasks.worked_solution(numbers, ops) == "4*2=8\n3+8=11\n11-5=6\n\\boxed{6}"
+    wrong = "3+4=7\n7*2=14\n14-5=9\n\\boxed{9}"
+    assert tasks.worked_solution(numbers, ops, precedence=False) == wrong
     assert tasks.precedence_matters(["+", "*"]) and not tasks.precedence_matters(["*", "+", "-"])
     assert tasks.ArithmeticTask().problems(3, seed=7) == tasks.ArithmeticTask().problems(3, seed=7)
 
@@ -51,6 +56,7 @@ def test_examples_are_distinct_and_avoid_the_excluded_set():
 
 def test_arith_heldout_is_fixed_and_distinct():
     held = tasks.arith_heldout()
-    assert held == tasks.ArithmeticTask().examples(500, seed=tasks.ARITH_HELDOUT_SEED) == data.load_examples("arith")
+    again = tasks.ArithmeticTask().examples(500, seed=tasks.ARITH_HELDOUT_SEED)
+    assert held == again == data.load_examples("arith")
     assert len({e.prompt for e in held}) == 500
     assert data.load_examples("arith", limit=7) == held[:7]
