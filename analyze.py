@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+import flow
 from analysis.formats import run_formats
 from analysis.intervene import run_intervene
 from analysis.tokens import run_tokens
@@ -57,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
                    help="teacher-force this response instead of generating one (greedy)")
     v.add_argument("--edges", choices=("flow", "attention"), default="flow")
     v.add_argument("--log-scale", action="store_true")
-    v.add_argument("--ratio", type=float, default=0.4)
+    v.add_argument("--ratio", type=float, default=flow.RATIO)
     v.add_argument("--out", default="flow.html")
     v.add_argument("--png", help="also write a PNG heat map here")
     v.add_argument("--screenshot",

@@ -20,7 +20,7 @@ from string import Template
 from torch import Tensor
 
 from analysis.common import flow_of, pyplot, read_prompts, sampling, teacher_forced, token_texts
-from flow import reweight, top_k_mask
+from flow import RATIO, reweight, top_k_mask
 from rollout import Rollout, generate
 
 PAGE = Template((Path(__file__).parent / "view.html").read_text(encoding="utf-8"))
@@ -47,7 +47,7 @@ def _region(prompt: bool, answer: bool) -> str:
     return "response"
 
 
-def flow_view(ro: Rollout, row: int, tokenizer, ratio: float = 0.4, edges: str = "flow",
+def flow_view(ro: Rollout, row: int, tokenizer, ratio: float = RATIO, edges: str = "flow",
               n_edges: int = 6) -> FlowView:
     """The view of one row of a rollout. Edges by flow phi(i->k) = f(i) W'[i,k] (eq. 3-4) or raw
     attention W."""
@@ -103,7 +103,7 @@ def _json_for_script(obj) -> str:
 
 
 def render_html(view: FlowView, title: str = "flow view", log_scale: bool = False,
-                ratio: float = 0.4) -> str:
+                ratio: float = RATIO) -> str:
     """One self-contained page (inline CSS, JS and JSON; no external resource). Token text is
     HTML-escaped; the JSON holds numbers and region names only (the script reads a token's text from
     its span)."""
