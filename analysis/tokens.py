@@ -1,9 +1,8 @@
 """tokens: Fig. 3 (the most frequent high- and low-flow tokens) and the structural/content split of
-Table 11b."""
+Table 11b (credit.token_class: the classes the flow-structural / flow-content strategies use)."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,30 +10,10 @@ from pathlib import Path
 import torch
 
 from analysis.common import flow_of, pyplot, read_prompts, sampling, token_texts
+from credit import token_class  # shared with the Table 11b credit strategies
 from data import Example
 from flow import top_k_mask
 from rollout import generate
-
-STRUCTURAL_WORDS = frozenset({"boxed", "fbox", "frac", "cdot", "times", "div", "left", "right",
-                              "text"})
-
-
-def token_class(token: str) -> str:
-    """"structural" or "content" (Table 11b's split of delimiters from semantic tokens).
-
-    structural: whitespace and newlines, punctuation and operators and brackets (Unicode
-    categories P* and S*: = + - * / ( ) { } . , ; \\ $ ...), special tokens like <|im_end|>, and
-    LaTeX formatting commands (\\boxed, "boxed", \\frac, ...: STRUCTURAL_WORDS). content:
-    everything holding a letter or a digit otherwise: numbers, words, variable names.
-    """
-    s = token.strip()
-    if not s or (s.startswith("<|") and s.endswith("|>")):
-        return "structural"
-    if s.lstrip("\\").lower() in STRUCTURAL_WORDS:
-        return "structural"
-    if all(unicodedata.category(c)[0] in "PSZ" for c in s):
-        return "structural"
-    return "content"
 
 
 @dataclass
