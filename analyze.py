@@ -8,9 +8,10 @@ paper.
 
 Every subcommand runs on the shipped tiny model (tiny/qwen3-arith, CPU, seconds) and on any HF
 causal LM (--model PATH; --prompts gsm8k --data-dir DIR, a benchmark JSONL, or a JSONL with a
-"prompt" and an optional "gold" field, sampled with --seed; or --prompt TEXT). The flow of a sequence is always flow.trace on flow.influence_graph of the head-mean
-attention of the middle layers (rollout.py), with the answer region of rewards.answer_span and the
-chat-templated prompt as source. This file is the command line only: each subcommand lives in its
+"prompt" and an optional "gold" field, sampled with --seed; or --prompt TEXT). The flow of a
+sequence is always flow.trace on flow.influence_graph of the head-mean attention of the middle
+layers (rollout.py), with the answer region of rewards.answer_span and the chat-templated prompt
+as source. This file is the command line only: each subcommand lives in its
 module of analysis/ (view.py, tokens.py, intervene.py, formats.py; what they share in common.py).
 """
 

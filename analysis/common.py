@@ -142,7 +142,8 @@ def teacher_forced(model, tokenizer, prompts: list[str], responses: list[str],
     eos = tokenizer.eos_token_id
     rows = []
     for prompt, response in zip(prompts, responses):
-        p_ids = tokenizer(chat_text(tokenizer, prompt, setup), add_special_tokens=False)["input_ids"]
+        text = chat_text(tokenizer, prompt, setup)
+        p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
         span = answer_span(response)
         answer = [span is not None and a < span[1] and b > span[0]

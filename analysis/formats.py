@@ -29,16 +29,17 @@ from rollout import generate
 @dataclass(frozen=True)
 class AnswerForm:
     """One answer form. instruction: what the prompt asks for (it replaces the benchmark's own
-    instruction); template: the inside of the box, {a} = the answer, {letter} = its option."""
+    instruction; None: the example's prompt as it is, whose instruction, if any, asks for the
+    answer alone); template: the inside of the box, {a} = the answer, {letter} = its option."""
 
     name: str
-    instruction: str
+    instruction: str | None
     template: str
 
 
 _STEPS = MATH_INSTRUCTION.rstrip(".")  # "Please reason step by step, ... within \\boxed{}"
 FORMS = (
-    AnswerForm("answer-only", MATH_INSTRUCTION, "{a}"),
+    AnswerForm("answer-only", None, "{a}"),
     AnswerForm("full line", _STEPS + " as one full sentence, e.g. \\boxed{The final answer is 5.}",
                "The final answer is {a}."),
     AnswerForm("with explanation", _STEPS + " followed by a short reason, e.g. "
@@ -84,8 +85,12 @@ def choice_options(examples: list[Example], seed: int) -> list[tuple[list[str], 
     return out
 
 
-def form_prompt(question: str, form: AnswerForm, options: list[str] | None = None) -> str:
-    """The question, the options (multiple-choice) and the form's instruction."""
+def form_prompt(example: Example, form: AnswerForm, options: list[str] | None = None) -> str:
+    """The question (without data.py's instruction), the options (multiple-choice) and the form's
+    instruction; the example's own prompt for a form without one."""
+    if form.instruction is None:
+        return example.prompt
+    question = split_instruction(example.prompt)[0]
     listed = "" if options is None else "".join(f"\n({x}) {o}" for x, o in zip(LETTERS, options))
     return f"{question}{listed}\n{form.instruction}"
 
@@ -117,16 +122,15 @@ def graded(response: str, example: Example, form: AnswerForm, letter: str | None
 
 def form_accuracy(model, tokenizer, examples: list[Example], forms=FORMS, seed: int = 0,
                   max_new_tokens: int = 128, setup: str = "user") -> dict[str, float]:
-    """Per form: the fraction of examples whose greedy response, asked for that form, is correct
-    (graded). The question is the example's prompt without data.py's instruction."""
-    questions = [split_instruction(e.prompt)[0] for e in examples]
+    """Per form: the fraction of examples whose greedy response, asked for that form (form_prompt),
+    is correct (graded)."""
     options = choice_options(examples, seed) if any(f.name == "multiple-choice"
                                                     for f in forms) else None
     out = {}
     for form in forms:
         mc = form.name == "multiple-choice"
-        prompts = [form_prompt(q, form, options[i][0] if mc else None)
-                   for i, q in enumerate(questions)]
+        prompts = [form_prompt(e, form, options[i][0] if mc else None)
+                   for i, e in enumerate(examples)]
         ro = generate(model, tokenizer, generation_prompts(tokenizer, prompts, setup), n=1,
                       max_new_tokens=max_new_tokens, capture=False, chat_template=False,
                       **sampling(0))

@@ -9,7 +9,7 @@ import torch
 
 from analysis.formats import (FORMS, AnswerForm, choice_options, form_accuracy, form_answer,
                               form_prompt, format_overlap, formats_table, graded, with_format)
-from data import Example
+from data import MATH_INSTRUCTION, Example
 from eval import load_model
 from tasks import ArithmeticTask
 
@@ -74,8 +74,12 @@ def test_choice_options():
         assert len(set(options)) == 4 and options["ABCD".index(letter)] == e.gold
         assert set(options) <= {"3", "5", "8", "13", "21"}
     assert {letter for _, letter in opts} != {"A"}                     # the gold is not always A
-    assert form_prompt("Q?", FORM["multiple-choice"], opts[0][0]).startswith(
-        "Q?\n(A) " + opts[0][0][0] + "\n(B) ")
+    asked = Example(f"Q?\n{MATH_INSTRUCTION}", "3")
+    assert form_prompt(asked, FORM["multiple-choice"], opts[0][0]) == (
+        "Q?\n" + "".join(f"({x}) {o}\n" for x, o in zip("ABCD", opts[0][0]))
+        + FORM["multiple-choice"].instruction)
+    assert form_prompt(asked, FORM["answer-only"]) == asked.prompt     # the prompt as it is
+    assert form_prompt(asked, FORM["full line"]).startswith("Q?\nPlease reason")
     with pytest.raises(ValueError, match="4 distinct golds"):
         choice_options(examples[:3], seed=0)
 
@@ -86,8 +90,9 @@ def test_form_accuracy_end_to_end(tiny):
     acc = form_accuracy(model, tok, examples, max_new_tokens=48)
     assert list(acc) == [f.name for f in FORMS]
     assert all(0.0 <= a <= 1.0 for a in acc.values())
+    assert acc["answer-only"] > 0                      # the tiny model answers its own prompts
     # a form that asks for the answer-only box, graded like it, scores like answer-only
-    twin = AnswerForm("full line", FORM["answer-only"].instruction, "{a}")
+    twin = AnswerForm("full line", None, "{a}")
     again = form_accuracy(model, tok, examples, forms=(FORM["answer-only"], twin),
                           max_new_tokens=48)
     assert again["full line"] == again["answer-only"] == acc["answer-only"]
