@@ -210,10 +210,11 @@ def text_token_alignment(model: torch.nn.Module, input_ids: Tensor, attention_ma
     with torch.no_grad():
         hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                      position_ids=position_ids).last_hidden_state   # [B, T, H]
-        m = response_mask.to(hidden.dtype)[:, :, None]                              # [B, T, 1]
-        e = (hidden * m).sum(1) / m.sum(1).clamp(min=1)                             # [B, H]
-        logits = model.get_output_embeddings()(e).float()                           # [B, V]
-    return logits.gather(1, input_ids)                                         # [B, T]
+        m = response_mask[:, :, None].float()                                       # [B, T, 1]
+        e = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)                     # [B, H]
+        head = model.get_output_embeddings()
+        logits = head(e.to(head.weight.dtype)).float()                              # [B, V]
+    return logits.gather(1, input_ids)                                              # [B, T]
 
 
 def _correlation(c: CreditInputs) -> Tensor:

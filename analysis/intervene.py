@@ -142,8 +142,8 @@ def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: f
                                         temperature, max_new_tokens, layers, conditions, setup)
         parts, skipped = parts + ([counts] if counts else []), skipped + skip
     if not parts:
-        raise ValueError("no response has an answer region with enough tokens before it to "
-                         "intervene on")
+        raise ValueError("no response has a complete \\boxed{} answer with enough tokens before "
+                         "it to intervene on (truncated? raise --max-new-tokens)")
     return pooled(parts), skipped
 
 

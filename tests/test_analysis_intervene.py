@@ -236,5 +236,5 @@ def test_intervene_skips_responses_without_a_box(tiny):
     # 20 new tokens: one greedy response closes its box, three stop inside "\\boxed{-..."
     res, skipped = intervene(model, tok, examples, seed=0, temperature=0, max_new_tokens=20)
     assert skipped == 3 and all(c.n == 1 for c in res.values())
-    with pytest.raises(ValueError, match="no response has an answer region"):
+    with pytest.raises(ValueError, match=r"no response has a complete \\boxed\{\} answer"):
         intervene(model, tok, examples, seed=0, temperature=0, max_new_tokens=12)
