@@ -81,14 +81,17 @@ def require_math(examples: list[Example], command: str) -> None:
 # analysis experiments, the instruction as a system message and the question alone as the user
 # message.
 PROMPT_SETUPS = ("user", "system")
+INSTRUCTION_STEM = MATH_INSTRUCTION.split(",")[0]  # "Please reason step by step"
 
 
 def split_instruction(prompt: str) -> tuple[str, str | None]:
-    """(question, instruction): data.py appends MATH_INSTRUCTION to a benchmark question after a
-    newline; a prompt without it is all question."""
-    suffix = "\n" + MATH_INSTRUCTION
-    if prompt.endswith(suffix):
-        return prompt[: -len(suffix)], MATH_INSTRUCTION
+    """(question, instruction): the instruction is the prompt's last line when it starts like the
+    paper's, "Please reason step by step" (data.py appends MATH_INSTRUCTION to a benchmark
+    question after a newline; formats.py's answer forms word theirs the same way); a prompt
+    without one is all question."""
+    question, _, last = prompt.rpartition("\n")
+    if question and last.startswith(INSTRUCTION_STEM):
+        return question, last
     return prompt, None
 
 

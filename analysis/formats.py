@@ -16,8 +16,6 @@ import random
 import re
 from dataclasses import dataclass
 
-import torch
-
 from analysis.common import (flow_of, generation_prompts, read_prompts, require_math, sampling,
                              split_instruction, teacher_forced)
 from data import MATH_INSTRUCTION, Example
@@ -28,24 +26,44 @@ from rollout import generate
 
 @dataclass(frozen=True)
 class AnswerForm:
-    """One answer form. instruction: what the prompt asks for (it replaces the benchmark's own
-    instruction; None: the example's prompt as it is, whose instruction, if any, asks for the
-    answer alone); template: the inside of the box, {a} = the answer, {letter} = its option."""
+    """One answer form.
+
+    instruction: what the prompt asks for, worded like the paper's instruction (it replaces the
+                 benchmark's own; None: the example's prompt as it is, which asks for the answer
+                 alone).
+    template:    the inside of the box, {a} = the answer, {letter} = its option.
+    answer:      where the answer sits inside the box (group "a"); None: the whole inside.
+    choice:      graded by the option letter (rewards.choice_reward) instead of math_reward.
+    """
 
     name: str
     instruction: str | None
     template: str
+    answer: re.Pattern | None = None
+    choice: bool = False
 
 
-_STEPS = MATH_INSTRUCTION.rstrip(".")  # "Please reason step by step, ... within \\boxed{}"
+def _asking(what: str, example: str) -> str:
+    """The paper's instruction (data.MATH_INSTRUCTION) asking for `what` inside the box."""
+    return (MATH_INSTRUCTION.replace("your final answer", what).rstrip(".")
+            + f", e.g. \\boxed{{{example}}}.")
+
+
+# a full line: after its last "is", "=" or ":"; an explanation: before its first ",", ";",
+# "since" or "because"
+_SENTENCE = re.compile(r"(?:\bis\b|=|:)\s*(?P<a>[^=:]*?)[\s.]*$", re.IGNORECASE)
+_REASON = re.compile(r"^(?P<a>.*?)\s*(?:,|;|\bsince\b|\bbecause\b)", re.IGNORECASE)
 FORMS = (
     AnswerForm("answer-only", None, "{a}"),
-    AnswerForm("full line", _STEPS + " as one full sentence, e.g. \\boxed{The final answer is 5.}",
-               "The final answer is {a}."),
-    AnswerForm("with explanation", _STEPS + " followed by a short reason, e.g. "
-               "\\boxed{5, since 2+3=5}", "{a}, since it follows from the steps above"),
-    AnswerForm("multiple-choice", "Please reason step by step, and put the letter and the text of "
-               "the correct option within \\boxed{}, e.g. \\boxed{(B) 5}", "({letter}) {a}"),
+    AnswerForm("full line", _asking("your final answer as one full sentence",
+                                    "The final answer is 5."),
+               "The final answer is {a}.", answer=_SENTENCE),
+    AnswerForm("with explanation", _asking("your final answer and a short reason",
+                                           "5, since 2+3=5"),
+               "{a}, since it follows from the steps above", answer=_REASON),
+    AnswerForm("multiple-choice", _asking("the letter and the text of the correct option",
+                                          "(B) 5"),
+               "({letter}) {a}", choice=True),
 )
 LETTERS = "ABCD"
 
@@ -95,23 +113,16 @@ def form_prompt(example: Example, form: AnswerForm, options: list[str] | None = 
     return f"{question}{listed}\n{form.instruction}"
 
 
-_SENTENCE = re.compile(r"(?:\bis\b|=|:)\s*(?P<a>[^=:]*?)[\s.]*$", re.IGNORECASE)
-_REASON = re.compile(r"^(?P<a>.*?)\s*(?:,|;|\bsince\b|\bbecause\b)", re.IGNORECASE)
-
-
 def form_answer(inside: str, form: AnswerForm) -> str:
-    """The answer inside a box of this form: after the last "is" / "=" / ":" of a full line,
-    before the first "," / ";" / "since" / "because" of an explanation, the whole inside
-    otherwise."""
-    pattern = {"full line": _SENTENCE, "with explanation": _REASON}.get(form.name)
-    m = pattern.search(inside) if pattern is not None else None
+    """The answer inside a box of this form (form.answer), else the whole inside."""
+    m = form.answer.search(inside) if form.answer is not None else None
     return m.group("a").strip() if m and m.group("a").strip() else inside.strip()
 
 
 def graded(response: str, example: Example, form: AnswerForm, letter: str | None) -> bool:
     """Is the response's answer in this form correct? multiple-choice: the boxed option letter
     (rewards.choice_reward); the others: math_reward of the form's answer against the gold."""
-    if form.name == "multiple-choice":
+    if form.choice:
         return choice_reward(response, letter) > 0
     span = boxed_span(response)
     if span is None:
@@ -124,11 +135,10 @@ def form_accuracy(model, tokenizer, examples: list[Example], forms=FORMS, seed: 
                   max_new_tokens: int = 128, setup: str = "user") -> dict[str, float]:
     """Per form: the fraction of examples whose greedy response, asked for that form (form_prompt),
     is correct (graded)."""
-    options = choice_options(examples, seed) if any(f.name == "multiple-choice"
-                                                    for f in forms) else None
+    options = choice_options(examples, seed) if any(f.choice for f in forms) else None
     out = {}
     for form in forms:
-        mc = form.name == "multiple-choice"
+        mc = form.choice
         prompts = [form_prompt(e, form, options[i][0] if mc else None)
                    for i, e in enumerate(examples)]
         ro = generate(model, tokenizer, generation_prompts(tokenizer, prompts, setup), n=1,
@@ -218,7 +228,6 @@ def run_formats(args, model, tokenizer) -> None:
     require_math(examples, "formats")
     if any(e.gold is None for e in examples):
         raise ValueError("formats grades each answer form: every prompt needs a gold")
-    torch.manual_seed(args.seed)
     accuracy = form_accuracy(model, tokenizer, examples, seed=args.seed,
                              max_new_tokens=args.max_new_tokens, setup=args.prompt_setup)
     overlap = format_overlap(model, tokenizer, examples, max_new_tokens=args.max_new_tokens,

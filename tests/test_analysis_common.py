@@ -85,6 +85,8 @@ def test_prompt_setups():
     prompt = f"What is 2+2?\n{MATH_INSTRUCTION}"
     assert split_instruction(prompt) == ("What is 2+2?", MATH_INSTRUCTION)
     assert split_instruction("Compute 3+4.") == ("Compute 3+4.", None)
+    assert split_instruction("Q?\n(A) 1\nPlease reason step by step, and put the letter") == (
+        "Q?\n(A) 1", "Please reason step by step, and put the letter")
     assert chat_text(tok, prompt) == (f"<|im_start|>user\n{prompt}<|im_end|>\n"
                                       "<|im_start|>assistant\n")
     system = (f"<|im_start|>system\n{MATH_INSTRUCTION}<|im_end|>\n"
