@@ -7,10 +7,11 @@ paper.
     python analyze.py formats   [--problems N]          -> Table 11a: top-k overlap, answer forms
 
 Every subcommand runs on the shipped tiny model (tiny/qwen3-arith, CPU, seconds) and on any HF
-causal LM (--model PATH, --prompts FILE.jsonl with a "prompt" and an optional "gold" field, or
---prompt TEXT). The flow of a sequence is always flow.trace on flow.influence_graph of the head-mean
-attention of the middle layers (rollout.py), with the answer region of rewards.answer_span and the
-chat-templated prompt as source. This file is the command line only: each subcommand lives in its
+causal LM (--model PATH; --prompts gsm8k --data-dir DIR, a benchmark JSONL, or a JSONL with a
+"prompt" and an optional "gold" field, sampled with --seed; or --prompt TEXT). The flow of a
+sequence is always flow.trace on flow.influence_graph of the head-mean attention of the middle
+layers (rollout.py), with the answer region of rewards.answer_span and the chat-templated prompt
+as source. This file is the command line only: each subcommand lives in its
 module of analysis/ (view.py, tokens.py, intervene.py, formats.py; what they share in common.py).
 """
 
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import torch
 
+import data
 import flow
+from analysis.common import PROMPT_SETUPS
 from analysis.formats import run_formats
 from analysis.intervene import run_intervene
 from analysis.tokens import run_tokens
@@ -37,9 +40,16 @@ def _common(p: argparse.ArgumentParser, problems: int) -> None:
     p.add_argument("--model", default=str(TINY),
                    help="HF model path or name (default: the shipped tiny model)")
     p.add_argument("--prompts",
-                   help="JSONL file, one object per line with 'prompt' and optional 'gold'")
+                   help="a benchmark name (e.g. gsm8k, with --data-dir), a benchmark JSONL file, "
+                        "or a JSONL file with 'prompt' and optional 'gold' per line")
+    p.add_argument("--data-dir", help="folder holding the benchmark files (../shared/benchmarks)")
+    p.add_argument("--format", choices=sorted(data.FORMATS),
+                   help="the row format of a --prompts JSONL file (default: guessed)")
+    p.add_argument("--prompt-setup", choices=PROMPT_SETUPS, default="user",
+                   help="user: instruction in the user message (as in training); system: App. "
+                        "E.1's layout, the instruction as a system message")
     p.add_argument("--problems", type=int, default=problems,
-                   help="how many prompts (tiny task or --prompts)")
+                   help="how many prompts: a seeded random sample of --prompts, or tiny-task ones")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", type=int, nargs="+",
                    help="attention layers to average (default: middle third)")

@@ -9,16 +9,19 @@ flow.py (eqs. (1)-(4)), the top-k selection from flow.top_k_mask and flow.credit
 A credit strategy is a function CreditInputs -> gamma [B, T]: it ranks or weights the response
 tokens of a rollout by some score and leaves every other token at 1. CREDIT_STRATEGIES names them
 (train.py's --credit flag): FlowTracer's `flow` first, then the paper's baselines (Table 2) and
-ablations (Tables 5 and 7). credit_gamma(strategy, rollout, ...) checks the arguments and runs one.
-Pass gamma[:, 1:] to grpo.policy_loss (token_logprobs' alignment).
+ablations (Tables 5, 7 and 11b). credit_gamma(strategy, rollout, ...) checks the arguments and runs
+one. Pass gamma[:, 1:] to grpo.policy_loss (token_logprobs' alignment). docs/credit.md lists every
+strategy with its definition.
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, Callable
+from functools import lru_cache, partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +33,8 @@ import grpo
 
 @dataclass
 class CreditInputs:
-    """What a credit strategy may read. rollout: rollout.Rollout (or anything with its fields)."""
+    """What a credit strategy may read. rollout: rollout.Rollout (or anything with its fields);
+    tokenizer: the one that made rollout.input_ids (the token classes of Table 11b read it)."""
 
     rollout: Any
     ratio: float
@@ -38,6 +42,7 @@ class CreditInputs:
     entropy: Tensor | None
     model: torch.nn.Module | None
     generator: torch.Generator | None
+    tokenizer: Any = None
 
 
 def _top_k_credit(c: CreditInputs, scores: Tensor, candidates: Tensor,
@@ -114,25 +119,42 @@ def _entropy(c: CreditInputs) -> Tensor:
     return _top_k_credit(c, scores.to(mask.device), mask)
 
 
-def attention_received(attn: Tensor, response_mask: Tensor) -> Tensor:
-    """Mean attention a token receives from the LATER response tokens: [B, T].
+def attention_received(attn: Tensor, response_mask: Tensor, reduce: str = "mean") -> Tensor:
+    """Attention a token receives from the LATER response tokens, max or mean over them: [B, T].
 
-    score(k) = sum_{q > k, q in response} attn[q, k] / #{q > k in response}   (0 if no such q)
-    This is the point-wise attention baseline (Li et al. 2025d, the paper's "maximum attention
-    scores as a proxy for importance": the tokens with the largest attention received are selected).
-    The mean over readers, rather than the column sum, keeps early tokens from winning only because
-    more tokens follow them.
+    attn: [B, T, T] head-mean attention, row q = query, column k = key (rollout.generate's).
+        max:  score(k) = max_{q > k, q in response} attn[q, k]
+        mean: score(k) = sum_{q > k, q in response} attn[q, k] / #{q > k in response}
+    Both are 0 for a token that no later response token reads (the last one, padding).
     """
     readers = response_mask.to(attn.dtype)                            # [B, T] query rows that count
-    received = (attn * readers[:, :, None]).tril(-1).sum(dim=1)        # [B, T] sum over rows q > k
-    later = readers.flip(-1).cumsum(-1).flip(-1) - readers             # [B, T] #{q > k in response}
-    return received / later.clamp(min=1)
+    seen = (attn * readers[:, :, None]).tril(-1)                       # [B, q, k], 0 unless q > k
+    if reduce == "max":
+        return seen.amax(dim=1)                                        # attn >= 0: 0 = no reader
+    if reduce == "mean":
+        later = readers.flip(-1).cumsum(-1).flip(-1) - readers         # [B, T] #{q > k in response}
+        return seen.sum(dim=1) / later.clamp(min=1)
+    raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
 
 
-def _attention(c: CreditInputs) -> Tensor:
-    """Attention baseline: gamma on the `ratio` of response tokens of largest attention_received."""
+_ATTENTION_REDUCE = {"attention": "max", "attention-mean": "mean"}
+
+
+def _attention(strategy: str, c: CreditInputs) -> Tensor:
+    """Attention baseline (Li et al. 2025d): gamma on the `ratio` of response tokens that receive
+    the most attention from later response tokens.
+
+    The paper selects by "maximum attention scores as a proxy for importance" (Sec. 4.1): strategy
+    `attention` reads that literally, a token's score is the largest attention any later response
+    token pays it (reduce="max"), so one strong reader is enough, as for a value copied once into
+    the answer. The cited work's own statistic, Future Attention Influence, is the AVERAGE attention
+    a token receives from subsequent tokens: strategy `attention-mean` (reduce="mean"). The mean
+    over readers, not the column sum, keeps early tokens from winning only because more tokens
+    follow them; the max needs no such care.
+    """
     mask = c.rollout.response_mask
-    return _top_k_credit(c, attention_received(_need(c, "attn", "attention"), mask), mask)
+    scores = attention_received(_need(c, "attn", strategy), mask, _ATTENTION_REDUCE[strategy])
+    return _top_k_credit(c, scores, mask)
 
 
 def gradient_saliency(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
@@ -166,6 +188,42 @@ def _gradient(c: CreditInputs) -> Tensor:
         raise ValueError("credit strategy 'gradient' needs model=")
     r = c.rollout
     scores = gradient_saliency(c.model, r.input_ids, r.attention_mask, r.response_mask)
+    return _top_k_credit(c, scores, r.response_mask)
+
+
+def text_token_alignment(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                         response_mask: Tensor) -> Tensor:
+    """How strongly each token agrees with the response as a whole: [B, T] float32.
+
+        e_b      = mean over the response tokens t of row b of the final hidden state h_t  # [B, H]
+        score_bt = lm_head(e_b)[x_bt]         the logit of token x_bt decoded from e_b
+
+    Nie et al. (2025) show that the embedding of a text, decoded through the LM head (their
+    `decoder_layer(embs)`; mean pooling is one of the embedders they cover), ranks the text's own
+    key tokens first. The dot product <e, U[x]> is the correlation between the text's
+    representation and the token's output embedding, so a token scores high when the whole
+    response points at it: the paper's "tokens with strong mutual dependencies". One no-grad
+    forward pass; the LM head is applied to B pooled vectors only (no [B, T, V] logits). Not
+    included: Nie et al.'s first-principal-component adjustment, fitted on a corpus of texts.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)           # [B, T]
+    with torch.no_grad():
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     position_ids=position_ids).last_hidden_state   # [B, T, H]
+        m = response_mask[:, :, None].float()                                       # [B, T, 1]
+        e = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)                     # [B, H]
+        head = model.get_output_embeddings()
+        logits = head(e.to(head.weight.dtype)).float()                              # [B, V]
+    return logits.gather(1, input_ids)                                              # [B, T]
+
+
+def _correlation(c: CreditInputs) -> Tensor:
+    """Correlation baseline (Nie et al. 2025): gamma on the `ratio` of response tokens most aligned
+    with the response's pooled representation (text_token_alignment)."""
+    if c.model is None:
+        raise ValueError("credit strategy 'correlation' needs model=")
+    r = c.rollout
+    scores = text_token_alignment(c.model, r.input_ids, r.attention_mask, r.response_mask)
     return _top_k_credit(c, scores, r.response_mask)
 
 
@@ -260,6 +318,60 @@ def _flow_mass(mass: float, c: CreditInputs) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
+# Table 11b: the top-k rule inside one token class (structural delimiters or semantic content)
+# --------------------------------------------------------------------------------------------------
+
+STRUCTURAL_WORDS = frozenset({"boxed", "fbox", "frac", "cdot", "times", "div", "left", "right",
+                              "text"})
+
+
+def token_class(token: str) -> str:
+    """"structural" or "content" (Table 11b's split of delimiters from semantic tokens).
+
+    structural: whitespace and newlines, punctuation and operators and brackets (Unicode
+    categories P* and S*: = + - * / ( ) { } . , ; \\ $ ...), special tokens like <|im_end|>, and
+    LaTeX formatting commands (\\boxed, "boxed", \\frac, ...: STRUCTURAL_WORDS). content:
+    everything holding a letter or a digit otherwise: numbers, words, variable names, and the
+    byte fragments of a multi-byte character (decoded alone they read U+FFFD, a symbol).
+    """
+    s = token.strip()
+    if not s or (s.startswith("<|") and s.endswith("|>")):
+        return "structural"
+    if "\ufffd" in s:
+        return "content"
+    if s.lstrip("\\").lower() in STRUCTURAL_WORDS:
+        return "structural"
+    if all(unicodedata.category(ch)[0] in "PSZ" for ch in s):
+        return "structural"
+    return "content"
+
+
+@lru_cache(maxsize=8)
+def structural_vocab(tokenizer) -> Tensor:
+    """bool [V]: token_class(decode([id])) == "structural" for every id of the tokenizer (special
+    tokens kept), computed once per tokenizer, so that a batch's classes are one lookup."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([token_class(t) == "structural" for t in texts])
+
+
+def _flow_in_class(structural: bool, c: CreditInputs) -> Tensor:
+    """Table 11b: FlowTracer's rule restricted to one token class. The top `ratio` of the
+    structural (or of the content) response tokens by throughput get gamma; every other token,
+    the other class included, keeps 1. Ids the tokenizer does not know count as structural (they
+    decode to nothing)."""
+    strategy = "flow-structural" if structural else "flow-content"
+    if c.tokenizer is None:
+        raise ValueError(f"credit strategy {strategy!r} needs tokenizer= (token classes)")
+    ids = c.rollout.input_ids                                          # [B, T]
+    table = structural_vocab(c.tokenizer).to(ids.device)               # [V]
+    known = ids < len(table)
+    is_structural = torch.where(known, table[ids.clamp(max=len(table) - 1)], True)  # [B, T]
+    tau, cand = _flow_scores(c, strategy)
+    in_class = is_structural if structural else ~is_structural
+    return _top_k_credit(c, tau, cand & in_class.to(cand.device))
+
+
+# --------------------------------------------------------------------------------------------------
 # the strategies by name, and the entry point
 # --------------------------------------------------------------------------------------------------
 
@@ -269,20 +381,24 @@ CREDIT_STRATEGIES: dict[str, Callable[[CreditInputs], Tensor]] = {
     "flow-bottom": _flow_bottom,
     "random": _random,
     "entropy": _entropy,
-    "attention": _attention,
+    "attention": partial(_attention, "attention"),
+    "attention-mean": partial(_attention, "attention-mean"),
     "gradient": _gradient,
+    "correlation": _correlation,
     "flow-raw": _flow_raw,
     "flow-tanh": _flow_tanh,
     "flow-sigmoid": _flow_sigmoid,
     "flow-mad": _flow_mad,
     "flow-log1p": _flow_log1p,
     **{f"flow-mass{p}": partial(_flow_mass, p / 100) for p in (20, 40, 60, 80)},
+    "flow-structural": partial(_flow_in_class, True),
+    "flow-content": partial(_flow_in_class, False),
 }
 
 
 # The strategies that read rollout.attn: rollout.generate must capture the attention for them.
 ATTENTION_STRATEGIES = frozenset(
-    {"attention"} | {s for s in CREDIT_STRATEGIES if s.startswith("flow")})
+    set(_ATTENTION_REDUCE) | {s for s in CREDIT_STRATEGIES if s.startswith("flow")})
 
 
 def credit_gamma(
@@ -294,12 +410,14 @@ def credit_gamma(
     entropy: Tensor | None = None,
     model: torch.nn.Module | None = None,
     generator: torch.Generator | None = None,
+    tokenizer: Any = None,
 ) -> Tensor:
     """gamma_{i,t} of eq. (5)/(6) per token of a rollout: float32 [B, T], 1 outside the response.
 
     strategy: a key of CREDIT_STRATEGIES. ratio and gamma default to the paper's flow.RATIO and
-    flow.GAMMA. 'entropy' needs entropy= ([B, T-1] from token_logprobs), 'gradient' needs model=,
-    'random' takes generator=, the flow and attention strategies need rollout.attn.
+    flow.GAMMA. 'entropy' needs entropy= ([B, T-1] from token_logprobs), 'gradient' and
+    'correlation' need model=, 'random' takes generator=, 'flow-structural' and 'flow-content'
+    need tokenizer=, the flow and attention strategies need rollout.attn.
     Pass gamma[:, 1:] to grpo.policy_loss.
     """
     if strategy not in CREDIT_STRATEGIES:
@@ -313,6 +431,6 @@ def credit_gamma(
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise ValueError("rollout.response_mask must be bool [B, T], "
                          f"got {mask.dtype} {tuple(mask.shape)}")
-    inputs = CreditInputs(rollout, ratio, gamma, entropy, model, generator)
+    inputs = CreditInputs(rollout, ratio, gamma, entropy, model, generator, tokenizer)
     out = CREDIT_STRATEGIES[strategy](inputs)
     return out.to(device=mask.device, dtype=torch.float32)

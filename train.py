@@ -195,7 +195,7 @@ def score_and_filter(cfg: Config, r: rollout.Rollout, examples: list[data.Exampl
 
 
 def credit_batch(cfg: Config, r: rollout.Rollout, keep: torch.Tensor, advantages: torch.Tensor,
-                 policy: Policy, step: int, rank: int) -> Batch:
+                 policy: Policy, step: int, rank: int, tokenizer=None) -> Batch:
     """3. gamma [b, T] of the kept rows, micro-batch by micro-batch (the flow solve is [b, T, T]
     float64), and the Batch the update reads."""
     kept = keep.nonzero().squeeze(1)
@@ -214,7 +214,8 @@ def credit_batch(cfg: Config, r: rollout.Rollout, keep: torch.Tensor, advantages
             with torch.no_grad():
                 _, entropy = policy(part.input_ids, part.attention_mask, return_entropy=True)
         gammas.append(credit.credit_gamma(cfg.credit, part, ratio=cfg.ratio, gamma=cfg.gamma,
-                                          entropy=entropy, model=policy.lm, generator=generator))
+                                          entropy=entropy, model=policy.lm, generator=generator,
+                                          tokenizer=tokenizer))
     gamma = torch.cat(gammas).to(r.input_ids.device)  # [b, T]
     return Batch(r.input_ids, r.attention_mask, r.response_mask, gamma, advantages[kept])
 
@@ -278,7 +279,7 @@ def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenize
                 advantages, keep, piece_sums = score_and_filter(cfg, r, part, eos)
             with timer("credit"):
                 pieces.append(credit_batch(cfg, r, keep, advantages, policy, step,
-                                           accelerator.process_index))
+                                           accelerator.process_index, tokenizer))
             sums.update(piece_sums)
     batch = Batch.cat(pieces, tokenizer.pad_token_id)
     with timer("update"):

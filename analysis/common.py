@@ -1,43 +1,141 @@
-"""What the subcommands share: the prompts they read, teacher forcing, sampling settings, the flow
-of a batch, each token's text, and matplotlib set up for token text."""
+"""What the subcommands share: the prompts they read (a seeded sample), how a prompt is laid out
+in the chat template, teacher forcing, sampling settings, the flow of a batch, each token's text,
+and matplotlib set up for token text."""
 
 from __future__ import annotations
+
+import random
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from data import Example, read_jsonl
+import data
+from data import MATH_INSTRUCTION, Example, read_jsonl
 from flow import FlowField, influence_graph, trace
-from rewards import answer_span
+from rewards import answer_span, boxed_span
 from rollout import GREEDY, Rollout, capture_attention
 from tasks import ArithmeticTask
 
 
-def read_prompts(prompt: str | None, prompts_file: str | None, problems: int,
-                 seed: int) -> list[Example]:
-    """--prompt TEXT, or --prompts FILE.jsonl ("prompt", optional "gold"), or the tiny arithmetic
-    task."""
+def read_prompts(prompt: str | None, prompts: str | None, problems: int, seed: int,
+                 data_dir: str | None = None, format: str | None = None) -> list[Example]:
+    """--prompt TEXT, or --prompts SOURCE, or the tiny arithmetic task (`problems` drawn with
+    `seed`).
+
+    SOURCE is a benchmark name of data.BENCHMARKS (read from data_dir/<its file>, e.g.
+    `--prompts gsm8k --data-dir ../shared/benchmarks`, else from the hub), a benchmark-format JSONL
+    (data.FORMATS: `format`, else guessed from the file name or its first row), or a JSONL with a
+    "prompt" and an optional "gold" field. From a source, a random sample of `problems` examples
+    drawn with `seed` (App. E.1: "we randomly sampled 500 instances"), in the source's order; all
+    of them when it holds fewer.
+    """
     if prompt is not None:
         return [Example(prompt=prompt, gold=None, id="cli")]
-    if prompts_file is None:
+    if prompts is None:
         return ArithmeticTask().examples(problems, seed)
+    if problems < 1:
+        raise ValueError(f"--problems must be >= 1, got {problems}")
+    examples = _load_source(prompts, data_dir, format)
+    keep = sorted(random.Random(seed).sample(range(len(examples)), min(problems, len(examples))))
+    return [examples[i] for i in keep]
+
+
+def _load_source(source: str, data_dir: str | None, format: str | None) -> list[Example]:
+    """Every example of --prompts SOURCE (see read_prompts)."""
+    path = Path(source)
+    if format is None and path.is_file():
+        first = next(read_jsonl(path), None)
+        if first is None:
+            raise ValueError(f"{source} holds no prompts")
+        try:
+            format = data.guess_format(path, first[1])
+        except ValueError:
+            if not isinstance(first[1].get("prompt"), str):
+                raise
+            return _plain_prompts(path)
+    return data.load_examples(source, format, data_dir=data_dir)
+
+
+def _plain_prompts(path: Path) -> list[Example]:
+    """A JSONL file of {"prompt": ..., "gold": ...} objects (gold optional)."""
     out = []
-    for line_no, row in read_jsonl(prompts_file):
+    for line_no, row in read_jsonl(path):
         if not isinstance(row.get("prompt"), str):
-            raise ValueError(f"{prompts_file}:{line_no}: each line must be a JSON object with a "
-                             "string 'prompt'")
-        out.append(Example(prompt=row["prompt"], gold=row.get("gold"),
-                           id=f"{prompts_file}:{line_no}"))
-    if not out:
-        raise ValueError(f"{prompts_file} holds no prompts")
-    return out[:problems]
+            raise ValueError(f"{path}:{line_no}: each line must be a JSON object with a string "
+                             "'prompt'")
+        out.append(Example(prompt=row["prompt"], gold=row.get("gold"), id=f"{path}:{line_no}"))
+    return out
+
+
+def require_math(examples: list[Example], command: str) -> None:
+    """intervene and formats compare \\boxed{} answers with math_reward: refuse other kinds."""
+    kinds = sorted({e.kind for e in examples} - {"math"})
+    if kinds:
+        raise ValueError(f"{command} compares \\boxed{{}} math answers; these prompts are of kind "
+                         f"{', '.join(kinds)}")
+
+
+# How the prompt is laid out. "user" (default): the whole prompt, instruction included, is the
+# user message, as train.py and eval.py send it (App. C.3). "system": App. E.1's template for the
+# analysis experiments, the instruction as a system message and the question alone as the user
+# message.
+PROMPT_SETUPS = ("user", "system")
+INSTRUCTION_STEM = MATH_INSTRUCTION.split(",")[0]  # "Please reason step by step"
+
+
+def split_instruction(prompt: str) -> tuple[str, str | None]:
+    """(question, instruction): the instruction is the prompt's last line when it starts like the
+    paper's, "Please reason step by step" (data.py appends MATH_INSTRUCTION to a benchmark
+    question after a newline; formats.py's answer forms word theirs the same way); a prompt
+    without one is all question."""
+    question, _, last = prompt.rpartition("\n")
+    if question and last.startswith(INSTRUCTION_STEM):
+        return question, last
+    return prompt, None
+
+
+def chat_text(tokenizer, prompt: str, setup: str = "user") -> str:
+    """The prompt rendered with the tokenizer's chat template, ready for the assistant's turn. In
+    the "system" setup the instruction (MATH_INSTRUCTION when the prompt carries none) becomes the
+    system message."""
+    if setup == "user":
+        messages = [{"role": "user", "content": prompt}]
+    elif setup == "system":
+        question, instruction = split_instruction(prompt)
+        messages = [{"role": "system", "content": instruction or MATH_INSTRUCTION},
+                    {"role": "user", "content": question}]
+    else:
+        raise ValueError(f"prompt setup must be one of {PROMPT_SETUPS}, got {setup!r}")
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat template (the analyses send chat prompts)")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def generation_prompts(tokenizer, prompts: list[str], setup: str = "user") -> list[str]:
+    """chat_text of each prompt, for rollout.generate(..., chat_template=False). That call lets the
+    tokenizer add its special tokens, so a BOS the template already wrote is taken off once."""
+    texts = [chat_text(tokenizer, p, setup) for p in prompts]
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    if adds_bos:
+        texts = [t[len(bos):] if t.startswith(bos) else t for t in texts]
+    return texts
+
+
+def boxed_rows(ro: Rollout) -> Tensor:
+    """bool [N]: the responses whose answer region is a complete \\boxed{} (the paper's answer
+    region). A response without one, truncated or unfinished, has no answer to trace to or to
+    compare, whatever answer region rollout falls back to."""
+    boxed = torch.tensor([boxed_span(t) is not None for t in ro.texts])
+    return ro.answer_mask.any(1).cpu() & boxed
 
 
 def teacher_forced(model, tokenizer, prompts: list[str], responses: list[str],
-                   layers=None) -> Rollout:
-    """A Rollout for given (prompt, response) pairs: chat-templated prompt + response + EOS,
-    right-padded, with the attention of one forward pass (rollout.capture_attention). The answer
-    mask comes from the tokenizer's character offsets of rewards.answer_span(response)."""
+                   layers=None, setup: str = "user") -> Rollout:
+    """A Rollout for given (prompt, response) pairs: chat-templated prompt (chat_text) + response +
+    EOS, right-padded, with the attention of one forward pass (rollout.capture_attention). The
+    answer mask comes from the tokenizer's character offsets of rewards.answer_span(response)."""
     if len(prompts) != len(responses) or not prompts:
         raise ValueError(f"need as many responses as prompts (>= 1), got {len(prompts)} and "
                          f"{len(responses)}")
@@ -47,8 +145,7 @@ def teacher_forced(model, tokenizer, prompts: list[str], responses: list[str],
     eos = tokenizer.eos_token_id
     rows = []
     for prompt, response in zip(prompts, responses):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = chat_text(tokenizer, prompt, setup)
         p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
         span = answer_span(response)

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from analysis.common import flow_of, read_prompts, sampling
+from analysis.common import (boxed_rows, flow_of, generation_prompts, read_prompts,
+                             require_math, sampling)
 from data import Example
 from flow import top_k_mask
 from rewards import boxed_span, math_reward
@@ -121,25 +122,28 @@ class Counts:
 
 def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: float = 0.2,
               temperature: float = 0.7, max_new_tokens: int = 128, layers=None,
-              conditions=CONDITIONS, batch: int = 500) -> tuple[dict[str, Counts], int]:
+              conditions=CONDITIONS, batch: int = 500,
+              setup: str = "user") -> tuple[dict[str, Counts], int]:
     """Table 1 / appendix E.1. Per example: sample a response (temperature), trace its flow,
     truncate it at a random point before the answer region, block `ratio` of the response tokens
     before that point (the highest tau, the lowest tau, a random set, or none as the control),
     regenerate from the point with the same sampling settings and the same random seed for every
     condition, and compare the new final answer with the original one. Returns the counts per
-    condition and the number of responses skipped (no answer region, or too short to hold one
-    blocked token before it). `batch` examples at a time.
+    condition and the number of responses skipped: no complete \\boxed{} answer (the paper's
+    answer region; truncated responses included), or too short to hold one blocked token before
+    it. `batch` examples at a time; setup: common.PROMPT_SETUPS.
     """
+    require_math(examples, "intervene")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     parts, skipped = [], 0
     for s in range(0, len(examples), batch):
         counts, skip = _intervene_batch(model, tokenizer, examples[s : s + batch], rng, seed, ratio,
-                                        temperature, max_new_tokens, layers, conditions)
+                                        temperature, max_new_tokens, layers, conditions, setup)
         parts, skipped = parts + ([counts] if counts else []), skipped + skip
     if not parts:
-        raise ValueError("no response has an answer region with enough tokens before it to "
-                         "intervene on")
+        raise ValueError("no response has a complete \\boxed{} answer with enough tokens before "
+                         "it to intervene on (truncated? raise --max-new-tokens)")
     return pooled(parts), skipped
 
 
@@ -178,13 +182,14 @@ def truncate_and_select(tau: Tensor, response_mask: Tensor, answer_mask: Tensor,
 
 
 def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, max_new_tokens,
-                     layers, conditions):
-    ro = generate(model, tokenizer, [e.prompt for e in examples], n=1,
-                  max_new_tokens=max_new_tokens, layers=layers, **sampling(temperature))
+                     layers, conditions, setup):
+    prompts = generation_prompts(tokenizer, [e.prompt for e in examples], setup)
+    ro = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, layers=layers,
+                  chat_template=False, **sampling(temperature))
     resp, answer = ro.response_mask.cpu(), ro.answer_mask.cpu()
     # [N] response tokens before the answer
     tokens_before = (resp & (answer.long().cumsum(1) == 0)).sum(1)
-    ok = answer.any(1) & (tokens_before >= _min_kept(ratio))
+    ok = boxed_rows(ro) & (tokens_before >= _min_kept(ratio))
     skipped = int((~ok).sum())
     if not ok.any():
         return None, skipped
@@ -262,10 +267,11 @@ def run_intervene(args, model, tokenizer) -> None:
     counts in --json."""
     runs = {}
     for seed in args.seeds or [args.seed]:
-        examples = read_prompts(None, args.prompts, args.problems, seed)
+        examples = read_prompts(None, args.prompts, args.problems, seed, args.data_dir,
+                                args.format)
         s0 = time.time()
         res, skipped = intervene(model, tokenizer, examples, seed, args.ratio, args.temperature,
-                                 args.max_new_tokens, args.layers)
+                                 args.max_new_tokens, args.layers, setup=args.prompt_setup)
         runs[f"seed {seed}"] = res
         print(f"seed {seed}: {len(examples)} prompts, {skipped} skipped, {time.time() - s0:.0f} s",
               flush=True)

@@ -1,40 +1,20 @@
 """tokens: Fig. 3 (the most frequent high- and low-flow tokens) and the structural/content split of
-Table 11b."""
+Table 11b (credit.token_class: the classes the flow-structural / flow-content strategies use)."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from analysis.common import flow_of, pyplot, read_prompts, sampling, token_texts
+from analysis.common import (boxed_rows, flow_of, generation_prompts, pyplot, read_prompts,
+                             sampling, token_texts)
+from credit import token_class  # shared with the Table 11b credit strategies
 from data import Example
 from flow import top_k_mask
 from rollout import generate
-
-STRUCTURAL_WORDS = frozenset({"boxed", "fbox", "frac", "cdot", "times", "div", "left", "right",
-                              "text"})
-
-
-def token_class(token: str) -> str:
-    """"structural" or "content" (Table 11b's split of delimiters from semantic tokens).
-
-    structural: whitespace and newlines, punctuation and operators and brackets (Unicode
-    categories P* and S*: = + - * / ( ) { } . , ; \\ $ ...), special tokens like <|im_end|>, and
-    LaTeX formatting commands (\\boxed, "boxed", \\frac, ...: STRUCTURAL_WORDS). content:
-    everything holding a letter or a digit otherwise: numbers, words, variable names.
-    """
-    s = token.strip()
-    if not s or (s.startswith("<|") and s.endswith("|>")):
-        return "structural"
-    if s.lstrip("\\").lower() in STRUCTURAL_WORDS:
-        return "structural"
-    if all(unicodedata.category(c)[0] in "PSZ" for c in s):
-        return "structural"
-    return "content"
 
 
 @dataclass
@@ -47,17 +27,19 @@ class TokenStats:
 
 def token_stats(model, tokenizer, examples: list[Example], ratio: float = 0.2,
                 temperature: float = 0.7, max_new_tokens: int = 128, batch: int = 64, layers=None,
-                after_answer: bool = False, seed: int = 0) -> TokenStats:
+                after_answer: bool = False, seed: int = 0, setup: str = "user") -> TokenStats:
     """Sample one response per example (E.1: T = 0.7), trace its flow, count the top and bottom
-    `ratio` of its response tokens by tau (E.1: 20% per response). The tokens after the answer
-    region ("}", EOS) are dead ends with tau = 0 by construction and always land in the bottom set;
-    they are left out unless after_answer."""
+    `ratio` of its response tokens by tau (E.1: 20% per response). Responses without a complete
+    \\boxed{} answer are skipped. The tokens after the answer region ("}", EOS) are dead ends with
+    tau = 0 by construction and always land in the bottom set; they are left out unless
+    after_answer. setup: common.PROMPT_SETUPS."""
     high, low, every, used = Counter(), Counter(), Counter(), 0
     torch.manual_seed(seed)
     for s in range(0, len(examples), batch):
-        ro = generate(model, tokenizer, [e.prompt for e in examples[s : s + batch]], n=1,
-                      max_new_tokens=max_new_tokens, layers=layers, **sampling(temperature))
-        ok = ro.answer_mask.any(1).cpu()
+        prompts = generation_prompts(tokenizer, [e.prompt for e in examples[s : s + batch]], setup)
+        ro = generate(model, tokenizer, prompts, n=1, max_new_tokens=max_new_tokens, layers=layers,
+                      chat_template=False, **sampling(temperature))
+        ok = boxed_rows(ro)
         if not ok.any():
             continue
         ro_ok = ro.rows(ok.nonzero().flatten())
@@ -121,10 +103,11 @@ def tokens_chart(stats: TokenStats, path: str | Path, top: int = 15) -> None:
 
 def run_tokens(args, model, tokenizer) -> None:
     """`analyze.py tokens`: the table on stdout, the chart in --png."""
-    examples = read_prompts(None, args.prompts, args.problems, args.seed)
+    examples = read_prompts(None, args.prompts, args.problems, args.seed, args.data_dir,
+                            args.format)
     stats = token_stats(model, tokenizer, examples, args.ratio, args.temperature,
                         args.max_new_tokens, layers=args.layers, after_answer=args.after_answer,
-                        seed=args.seed)
+                        seed=args.seed, setup=args.prompt_setup)
     print(tokens_table(stats, args.top))
     tokens_chart(stats, args.png, args.top)
     print(f"wrote {args.png}")

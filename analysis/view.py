@@ -19,7 +19,8 @@ from string import Template
 
 from torch import Tensor
 
-from analysis.common import flow_of, pyplot, read_prompts, sampling, teacher_forced, token_texts
+from analysis.common import (flow_of, generation_prompts, pyplot, read_prompts, sampling,
+                             teacher_forced, token_texts)
 from flow import RATIO, reweight, top_k_mask
 from rollout import Rollout, generate
 
@@ -183,12 +184,14 @@ def screenshot(page: str | Path, png: str | Path, width: int = 1000, height: int
 def run_view(args, model, tokenizer) -> None:
     """`analyze.py view`: one sequence (greedy, or --response teacher-forced) -> --out, --png,
     --screenshot."""
-    examples = read_prompts(args.prompt, args.prompts, 1, args.seed)
+    examples = read_prompts(args.prompt, args.prompts, 1, args.seed, args.data_dir, args.format)
     if args.response is not None:
-        ro = teacher_forced(model, tokenizer, [examples[0].prompt], [args.response], args.layers)
+        ro = teacher_forced(model, tokenizer, [examples[0].prompt], [args.response], args.layers,
+                            args.prompt_setup)
     else:
-        ro = generate(model, tokenizer, [examples[0].prompt], n=1,
-                      max_new_tokens=args.max_new_tokens, layers=args.layers, **sampling(0))
+        prompts = generation_prompts(tokenizer, [examples[0].prompt], args.prompt_setup)
+        ro = generate(model, tokenizer, prompts, n=1, max_new_tokens=args.max_new_tokens,
+                      layers=args.layers, chat_template=False, **sampling(0))
     if not ro.answer_mask.any():
         raise SystemExit("the response has no answer region (empty response?): nothing to trace to")
     view = flow_view(ro, 0, tokenizer, args.ratio, args.edges)

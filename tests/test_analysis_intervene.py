@@ -226,3 +226,15 @@ def test_intervene_end_to_end(tiny):
                                batch=3)
     assert skipped3 == skipped
     assert all(vars(res3[c]) == vars(res[c]) for c in ("high", "low", "recent", "none"))
+
+
+def test_intervene_skips_responses_without_a_box(tiny):
+    """A response cut off before its \\boxed{} has no answer to compare: skipped, whatever answer
+    region rollout falls back to (here the truncated last line)."""
+    model, tok = tiny
+    examples = ArithmeticTask().examples(4, seed=3)
+    # 20 new tokens: one greedy response closes its box, three stop inside "\\boxed{-..."
+    res, skipped = intervene(model, tok, examples, seed=0, temperature=0, max_new_tokens=20)
+    assert skipped == 3 and all(c.n == 1 for c in res.values())
+    with pytest.raises(ValueError, match=r"no response has a complete \\boxed\{\} answer"):
+        intervene(model, tok, examples, seed=0, temperature=0, max_new_tokens=12)

@@ -4,6 +4,7 @@ ablations), on a stand-in rollout with random causal attention.
 
 import math
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import flow
 torch.set_num_threads(1)
 
 P = 4                                           # prompt area width (left padded)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fake_rollout(prompt_lens=(4, 3, 4, 2), resp_lens=(8, 10, 5, 9),
@@ -143,22 +145,48 @@ def test_credit_entropy_picks_the_most_uncertain_position():
 def test_attention_received_against_slow_loop_and_selection():
     """Attention (Li et al., 2025d): attention scores as a proxy for importance."""
     r = _fake_rollout()
-    got = credit.attention_received(r.attn, r.response_mask)
     B, T = r.response_mask.shape
-    slow = torch.zeros(B, T)
+    slow_mean, slow_max = torch.zeros(B, T), torch.zeros(B, T)
     for b in range(B):
         for k in range(T):
             readers = [q for q in range(k + 1, T) if r.response_mask[b, q]]
             if readers:
-                slow[b, k] = sum(r.attn[b, q, k] for q in readers) / len(readers)
-    torch.testing.assert_close(got, slow)
-    # a token that every later response token attends to strongly is selected
+                slow_mean[b, k] = sum(r.attn[b, q, k] for q in readers) / len(readers)
+                slow_max[b, k] = max(r.attn[b, q, k] for q in readers)
+    torch.testing.assert_close(credit.attention_received(r.attn, r.response_mask), slow_mean)
+    torch.testing.assert_close(credit.attention_received(r.attn, r.response_mask, "max"), slow_max)
+    # a token that every later response token attends to strongly is selected by both
     attn = r.attn.clone()
     attn[0, P + 4:, P + 2] += 5.0
     peaked = types.SimpleNamespace(**{**vars(r), "attn": attn})
-    gam = credit.credit_gamma("attention", peaked, ratio=0.1)
-    assert gam[0, P + 2] == 1.5 and (gam[0] == 1.5).sum() == 1
-    _assert_top_k(credit.credit_gamma("attention", r), got, r.response_mask)
+    for name in ("attention", "attention-mean"):
+        gam = credit.credit_gamma(name, peaked, ratio=0.1)
+        assert gam[0, P + 2] == 1.5 and (gam[0] == 1.5).sum() == 1, name
+    _assert_top_k(credit.credit_gamma("attention", r), slow_max, r.response_mask)
+    _assert_top_k(credit.credit_gamma("attention-mean", r), slow_mean, r.response_mask)
+    with pytest.raises(ValueError, match="reduce"):
+        credit.attention_received(r.attn, r.response_mask, "sum")
+
+
+def test_attention_max_and_mean_hand_computed():
+    """The paper's "maximum attention scores" (attention) vs the mean received (attention-mean)."""
+    # one sequence: prompt token 0, response tokens 1..4; row q = query, column k = key
+    attn = torch.tensor([[[1.00, 0.00, 0.0, 0.0, 0.0],
+                          [0.50, 0.50, 0.0, 0.0, 0.0],
+                          [0.20, 0.60, 0.2, 0.0, 0.0],
+                          [0.10, 0.10, 0.7, 0.1, 0.0],
+                          [0.25, 0.05, 0.1, 0.3, 0.3]]])
+    resp = torch.tensor([[False, True, True, True, True]])
+    # token 1 is read by 2, 3, 4 (0.6, 0.1, 0.05); token 2 by 3, 4 (0.7, 0.1); token 3 by 4 (0.3);
+    # token 4 by nobody
+    torch.testing.assert_close(credit.attention_received(attn, resp, "max")[0, 1:],
+                               torch.tensor([0.6, 0.7, 0.3, 0.0]))
+    torch.testing.assert_close(credit.attention_received(attn, resp, "mean")[0, 1:],
+                               torch.tensor([0.25, 0.4, 0.3, 0.0]))
+    r = types.SimpleNamespace(response_mask=resp, attn=attn)
+    # top half of the 4 response tokens: max -> tokens 1 and 2, mean -> tokens 2 and 3
+    assert credit.credit_gamma("attention", r, ratio=0.5).tolist() == [[1, 1.5, 1.5, 1, 1]]
+    assert credit.credit_gamma("attention-mean", r, ratio=0.5).tolist() == [[1, 1, 1.5, 1.5, 1]]
 
 
 def test_gradient_saliency_against_inputs_embeds_and_selection(tiny_qwen):
@@ -176,6 +204,108 @@ def test_gradient_saliency_against_inputs_embeds_and_selection(tiny_qwen):
     _assert_top_k(credit.credit_gamma("gradient", r, model=tiny_qwen), got, r.response_mask)
     with pytest.raises(ValueError, match="model="):
         credit.credit_gamma("gradient", r)
+
+
+class _LookupLM(torch.nn.Module):
+    """A stand-in causal LM whose final hidden state of token x is E[x] and whose LM head is U."""
+
+    def __init__(self, E, U):
+        super().__init__()
+        self.decoder = torch.nn.Embedding.from_pretrained(E)
+        self.head = torch.nn.Linear(E.shape[1], U.shape[0], bias=False)
+        self.head.weight.data = U
+
+    def get_decoder(self):
+        return lambda input_ids, **kw: types.SimpleNamespace(
+            last_hidden_state=self.decoder(input_ids))
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def test_correlation_hand_computed():
+    """Correlation (Nie et al., 2025): tokens aligned with the response's pooled representation."""
+    # tied embeddings: token 0 = [1, 0], 1 = [0, 1], 2 = [1, 1]. Prompt token 1, response 2 0 0 1.
+    E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    lm = _LookupLM(E, E.clone())
+    ids = torch.tensor([[1, 2, 0, 0, 1]])
+    resp = torch.tensor([[False, True, True, True, True]])
+    # e = mean of the response's states = ([1,1] + [1,0] + [1,0] + [0,1]) / 4 = [0.75, 0.5]
+    # (the prompt is left out); scores: token 2 -> 1.25, token 0 -> 0.75, token 1 -> 0.5
+    got = credit.text_token_alignment(lm, ids, torch.ones_like(ids), resp)
+    torch.testing.assert_close(got[0, 1:], torch.tensor([1.25, 0.75, 0.75, 0.5]))
+    r = types.SimpleNamespace(input_ids=ids, attention_mask=torch.ones_like(ids),
+                              response_mask=resp)
+    # top 3 of 4: every response token but the last (token 1, the least aligned)
+    assert credit.credit_gamma("correlation", r, model=lm, ratio=0.75).tolist() == [
+        [1, 1.5, 1.5, 1.5, 1]]
+    with pytest.raises(ValueError, match="model="):
+        credit.credit_gamma("correlation", r)
+
+
+def test_correlation_against_hidden_states(tiny_qwen):
+    """Correlation on a real model: the logit of each token decoded from the mean final state."""
+    r = _fake_rollout()
+    got = credit.text_token_alignment(tiny_qwen, r.input_ids, r.attention_mask, r.response_mask)
+    pos = (r.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        h = tiny_qwen(r.input_ids, attention_mask=r.attention_mask, position_ids=pos,
+                      output_hidden_states=True).hidden_states[-1]              # [B, T, H]
+        slow = torch.zeros(r.input_ids.shape)
+        for b in range(h.shape[0]):
+            e = h[b][r.response_mask[b]].mean(0)
+            logits = tiny_qwen.lm_head(e)
+            slow[b] = logits[r.input_ids[b]]
+    torch.testing.assert_close(got, slow, atol=1e-5, rtol=1e-4)
+    _assert_top_k(credit.credit_gamma("correlation", r, model=tiny_qwen), got, r.response_mask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Table 11b: flow credit inside one token class
+# --------------------------------------------------------------------------------------------------
+
+class _Tokenizer:
+    """A stand-in tokenizer: even ids decode to "+" (structural), odd ids to "ab" (content)."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def batch_decode(self, ids):
+        return ["+" if i % 2 == 0 else "ab" for (i,) in ids]
+
+
+@pytest.mark.parametrize("name", ["flow-structural", "flow-content"])
+def test_flow_within_a_token_class(name):
+    """Table 11b: the top-40% high-flow tokens within the structural (content) subset."""
+    r = _fake_rollout(answer=(True, True, True, False), vocab=101)
+    tok = _Tokenizer(80)                                   # ids 80..100 are unknown: structural
+    structural = (r.input_ids % 2 == 0) | (r.input_ids >= 80)
+    in_class = structural if name == "flow-structural" else ~structural
+    gam = credit.credit_gamma(name, r, tokenizer=tok)
+    tau = flow.throughput(flow.influence_graph(r.attn[:3]), r.prompt_mask[:3], r.answer_mask[:3])
+    cand = r.response_mask & in_class
+    _assert_top_k(gam[:3], tau, cand[:3])                  # the rule, inside the class
+    assert all(0 < int(cand[b].sum()) < int(r.response_mask[b].sum()) for b in range(3))
+    assert (gam[~cand] == 1).all()                         # the other class keeps 1
+    assert torch.equal(gam[3], torch.ones(r.response_mask.shape[1]))  # no answer span: 1
+    with pytest.raises(ValueError, match="tokenizer="):
+        credit.credit_gamma(name, r)
+
+
+def test_structural_vocab_of_the_tiny_tokenizer():
+    """token_class over a real vocabulary: newline and operators structural, digits content."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ROOT / "tiny" / "qwen3-arith"))
+    table = credit.structural_vocab(tok)
+    assert table.dtype == torch.bool and table.shape == (len(tok),)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("=", "+", "7", "<|im_end|>")}
+    assert table[ids["="]] and table[ids["+"]] and table[ids["<|im_end|>"]]
+    assert not table[ids["7"]]
+    assert credit.structural_vocab(tok) is table                      # computed once
 
 
 # --------------------------------------------------------------------------------------------------

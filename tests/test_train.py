@@ -38,7 +38,10 @@ def initial_weights() -> dict[str, torch.Tensor]:
     return load_file(str(ROOT / "tiny" / "qwen3-arith" / "model.safetensors"))
 
 
-TOP_K = {"flow", "flow-bottom", "random", "entropy", "attention", "gradient"}
+TOP_K = {"flow", "flow-bottom", "random", "entropy", "attention", "attention-mean", "gradient",
+         "correlation"}
+# Table 11b: the top 40% of one token class only, so fewer than 40% of all tokens
+IN_CLASS = {"flow-structural", "flow-content"}
 # mean weight 1 + ratio * (gamma - 1) by design
 SPREAD = {"flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"}
 
@@ -61,6 +64,8 @@ def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
             assert abs(g - 1.2) < 0.01, g
         elif strategy.startswith("flow-mass"):
             assert 1.0 < g <= 1.5
+        elif strategy in IN_CLASS:
+            assert 1.0 < g < 1.2, g
         else:  # flow-tanh: 1 + 0.5 tanh(z), z-scores average to 0
             assert 0.5 < g < 1.5
     # the policy moved, and the checkpoint is a model folder from_pretrained can read
