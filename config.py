@@ -16,6 +16,7 @@ from pathlib import Path
 import credit
 import data
 import flow
+import rewards
 
 ROOT = Path(__file__).resolve().parent
 TINY_MODEL = str(ROOT / "tiny" / "qwen3-arith")
@@ -44,6 +45,9 @@ class Config:
     min_difficulty: float = 0.1  # keep a group when min <= mean reward <= max
     max_difficulty: float = 0.95
     drop_truncated: bool = True  # responses without EOS within max_new_tokens get no gradient
+    # the flow target of a response without \boxed{} or <answer>: None (the paper's: none, so
+    # gamma 1 for that row) or "last_line" (rewards.answer_span)
+    answer_fallback: str | None = None
     # credit (eqs. 5-6)
     credit: str = "flow"
     ratio: float = flow.RATIO
@@ -99,8 +103,15 @@ PRESETS: dict[str, dict] = {
                              steps=600),
     "llama3.2-3b-math": dict(_LLAMA_MATH, model="meta-llama/Llama-3.2-3B", max_new_tokens=1024,
                              steps=500),
-    "qwen3-4b-countdown": dict(_QWEN3_4B, data="countdown", eval_data="countdown", eval_limit=1000),
-    "qwen3-4b-crossthinkqa": dict(_QWEN3_4B, data="crossthinkqa", eval_data="crossthinkqa"),
+    # Train and held-out sets are disjoint (App. C.3: TinyZero's train/test protocol, CrossThinkQA's
+    # official partition). Countdown: TinyZero's train split; held out: the first 1000 rows of its
+    # test split (both shipped in ../shared/benchmarks). CrossThinkQA: ROLL's training file, which
+    # is not shipped (data.BENCHMARKS["crossthinkqa-train"] says where to get it; without it the
+    # run refuses to start); held out: the shipped 811-row sample, whose rows train.py drops from
+    # the training file (data.without_overlap).
+    "qwen3-4b-countdown": dict(_QWEN3_4B, data="countdown-train", eval_data="countdown",
+                               eval_limit=1000),
+    "qwen3-4b-crossthinkqa": dict(_QWEN3_4B, data="crossthinkqa-train", eval_data="crossthinkqa"),
 }
 
 
@@ -116,7 +127,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                     help="a named set of defaults")
     choices = {"credit": sorted(credit.CREDIT_STRATEGIES), "template": list(data.TEMPLATES),
-               "aggregation": ["seq-mean", "token-mean"]}
+               "aggregation": ["seq-mean", "token-mean"], "answer_fallback": list(rewards.FALLBACKS)}
     for f in dataclasses.fields(Config):
         if f.name == "preset":
             continue

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import sys
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,7 +231,8 @@ class Benchmark:
     """A named benchmark: where the hub keeps it and what our local copy is called.
 
     hub_fields maps our field names onto the hub rows where they differ from the local file's
-    shape; hub_id None: no hub copy has this shape (the local file is needed).
+    shape; hub_id None: no hub copy has this shape (the local file is needed, and `get` says
+    where to find it).
     """
 
     hub_id: str | None
@@ -237,6 +241,7 @@ class Benchmark:
     format: str
     file: str
     hub_fields: dict[str, str] | None = None
+    get: str | None = None
 
 
 # Hub ids and row fields as used by public eval loaders (not checked against the hub here: no
@@ -246,6 +251,13 @@ class Benchmark:
 # English, our file has 675 -- the exact subset is unverified). open-r1/DAPO-Math-17k-Processed
 # ("en", deduplicated) keeps reward_model (its create_dataset.py); whether its `prompt` still
 # carries DAPO's own "Answer: $Answer" instruction is unverified: prefer --data-dir with our file.
+_TINYZERO = ("shipped in ../shared/benchmarks (PROVENANCE.md); or run TinyZero's "
+             "examples/data_preprocess/countdown.py (github.com/Jiayi-Pan/TinyZero, data from the "
+             "hub's Jiayi-Pan/Countdown-Tasks-3to4) and convert its parquet files to JSONL")
+_ROLL_CROSSTHINKQA = ("save ROLL's data/general_CrossThink-QA_deal.jsonl (github.com/alibaba/ROLL; "
+                      "processed from the hub's nvidia/Nemotron-CrossThink) as "
+                      "crossthinkqa_roll_train.jsonl; train.py drops its rows that are also in "
+                      "the held-out crossthinkqa_roll_sample811.jsonl (its first 811 rows)")
 BENCHMARKS: dict[str, Benchmark] = {
     "gsm8k": Benchmark("openai/gsm8k", "main", "test", "gsm8k", "gsm8k_test.jsonl"),
     "math500": Benchmark("HuggingFaceH4/MATH-500", None, "test", "math500", "math500_test.jsonl"),
@@ -258,11 +270,17 @@ BENCHMARKS: dict[str, Benchmark] = {
     "minerva": Benchmark("math-ai/minervamath", None, "test", "minerva", "minerva_math_test.jsonl",
                          {"prompt": "question", "gold": "answer"}),
     # TinyZero builds its prompts from Jiayi-Pan/Countdown-Tasks-3to4
-    # (examples/data_preprocess/countdown.py); our file is that script's test split. CrossThinkQA
-    # is ROLL's processed sample of nvidia/Nemotron-CrossThink.
-    "countdown": Benchmark(None, None, "test", "countdown", "countdown_tinyzero_test.jsonl"),
+    # (examples/data_preprocess/countdown.py); our files are that script's train and test splits
+    # (8001 and 2001 rows, no prompt in both). CrossThinkQA is ROLL's processed version of
+    # nvidia/Nemotron-CrossThink: our file is the first 811 rows of ROLL's training file.
+    "countdown": Benchmark(None, None, "test", "countdown", "countdown_tinyzero_test.jsonl",
+                           get=_TINYZERO),
+    "countdown-train": Benchmark(None, None, "train", "countdown",
+                                 "countdown_tinyzero_train.jsonl", get=_TINYZERO),
     "crossthinkqa": Benchmark(None, None, "test", "crossthinkqa",
-                              "crossthinkqa_roll_sample811.jsonl"),
+                              "crossthinkqa_roll_sample811.jsonl", get=_ROLL_CROSSTHINKQA),
+    "crossthinkqa-train": Benchmark(None, None, "train", "crossthinkqa",
+                                    "crossthinkqa_roll_train.jsonl", get=_ROLL_CROSSTHINKQA),
     "dapo": Benchmark("open-r1/DAPO-Math-17k-Processed", "en", "train", "dapo",
                       "dapo_math_17k.jsonl",
                       {"prompt": "prompt", "gold": "reward_model.ground_truth"}),
@@ -284,8 +302,9 @@ def benchmark_names() -> list[str]:
 
 def _load_hub(name: str, bench: Benchmark, limit: int | None, why_not_local: str) -> list[Example]:
     if bench.hub_id is None:
+        where = f" (where to get it: {bench.get})" if bench.get else ""
         raise FileNotFoundError(f"benchmark {name!r}: {why_not_local}, and it has no hub copy in "
-                                f"this row shape: pass --data-dir DIR holding {bench.file}")
+                                f"this row shape: pass --data-dir DIR holding {bench.file}{where}")
     try:
         import datasets
     except ImportError:
@@ -332,6 +351,35 @@ def load_examples(source: str, format: str | None = None, *, limit: int | None =
         return load_jsonl(Path(data_dir) / bench.file, bench.format, limit=limit)
     why = "no data_dir given" if data_dir is None else f"{bench.file} is not in {data_dir}"
     return _load_hub(source, bench, limit, why)
+
+
+def prompt_content(prompt: str) -> str:
+    """What two prompts share when they ask the same question: NFKC, case-folded, without
+    whitespace or $ (so "What is $2+2$?" and "what is 2 + 2?" are the same content)."""
+    return re.sub(r"[\s$]+", "", unicodedata.normalize("NFKC", prompt).casefold())
+
+
+def without_overlap(train: list[Example], held_out: list[Example]) -> list[Example]:
+    """The training examples whose prompt content (`prompt_content`) is not in the held-out set.
+
+    Training on held-out problems inflates the held-out accuracy, so train.py calls this before
+    the model loads, for any data: the dropped examples are reported on stderr (how many, the
+    first ids), and no example left raises ValueError (train and eval data are the same set).
+    Six rows of DAPO-Math-17K are MATH500 problems, for example.
+    """
+    seen = {prompt_content(e.prompt): e.id for e in held_out}
+    twins = [seen.get(prompt_content(e.prompt)) for e in train]  # the held-out id, or None
+    kept = [e for e, twin in zip(train, twins) if twin is None]
+    dropped = [(e, twin) for e, twin in zip(train, twins) if twin is not None]
+    if not kept:
+        raise ValueError(f"every one of the {len(train)} training examples is also in the "
+                         "held-out set: pass a training set disjoint from --eval-data")
+    if dropped:
+        pairs = ", ".join(f"{e.id} = {twin}" for e, twin in dropped[:3])
+        print(f"WARNING: {len(dropped)} of {len(train)} training examples are also in the "
+              f"held-out set and are left out of training ({pairs}"
+              f"{', ...' if len(dropped) > 3 else ''})", file=sys.stderr)
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------

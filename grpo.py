@@ -75,11 +75,17 @@ def policy_loss(
     Per response token (i, t), with r_{i,t} = exp(logp - old_logp) and A_i the advantage clamped to
     [-adv_clip, adv_clip]:
         j_{i,t} = gamma_{i,t} * min(r_{i,t} A_i, clip(r_{i,t}, 1 - clip_eps, 1 + clip_eps) A_i)
-    Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"; ROLL, which
-    the paper trains with, uses it): for A < 0 the min is floored at dual_clip * A, so a token whose
-    r has run away (r > dual_clip) cannot produce an unbounded negative objective. 3.0 is the
-    constant of that paper and the usual default of RL libraries (verl's clip_ratio_c, ROLL's
-    dual-clip loss); None switches it off.
+    Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep RL"): for A < 0
+    the min is floored at dual_clip * A, so a token whose r has run away (r > dual_clip) cannot
+    produce an unbounded negative objective; None switches it off. The constant differs by
+    library: ROLL, which the paper trains with ("a dual-clip loss strategy", App. C.3, constant
+    not given), floors at (1 + 2 * pg_clip) * A, i.e. 1.4 at pg_clip 0.2 and 1.2 at the 0.1 of
+    most of its example configs (roll/pipeline/rlvr/actor_worker.py, dual_clip_loss); verl's
+    clip_ratio_c defaults to 3.0 (Ye et al.'s value); TRL has no dual clip, its closest option
+    `delta` (two-sided GRPO, INTELLECT-2) caps r itself and is off by default. 3.0 is the default
+    here because it is the published constant, and because it does not matter for train.py: one
+    update per rollout makes r = 1, where no clip is active. Pass 1 + 2 * clip_eps to match ROLL
+    when reusing old_logp over several updates.
     The advantage is clipped before gamma multiplies it, so gamma = 1.5 on a clipped A = 2 gives 3.
     Since gamma > 0, gamma * min(rA, clip(r)A) = min(r * gamma A, clip(r) * gamma A): weighting the
     term, as in eq. (5), and scaling the advantage, as the paper's appendix C.2 describes, are the

@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import re
+import unicodedata
 from fractions import Fraction
 from typing import Sequence
 
@@ -91,14 +92,15 @@ def _last_line_span(response: str) -> tuple[int, int] | None:
     return start, end
 
 
-def answer_span(response: str, fallback: str | None = "last_line") -> tuple[int, int] | None:
+def answer_span(response: str, fallback: str | None = None) -> tuple[int, int] | None:
     """Character span [start, end) of the final answer region of a response.
 
     The inside of the last complete \\boxed{...} / \\fbox{...} (see `boxed_span`) or of the last
     <answer>...</answer> tag (the Countdown / TinyZero format), whichever comes last; a box inside
-    the tag wins over the tag. Without either, the fallback: "last_line" (default) gives the last
-    non-empty line, None gives None. rollout.py turns the span into the answer token mask
-    through the tokenizer's offsets.
+    the tag wins over the tag. Without either: None (the default, the paper's answer region: no
+    box, no flow target, so flow credit leaves that response at gamma 1), or, with
+    fallback="last_line", the last non-empty line. rollout.py turns the span into the answer
+    token mask through the tokenizer's offsets.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"answer_span: fallback must be one of {FALLBACKS}, got {fallback!r}")
@@ -113,20 +115,49 @@ def answer_span(response: str, fallback: str | None = "last_line") -> tuple[int,
 # Math
 # ---------------------------------------------------------------------------------------------
 
-MATH_TIMEOUT_S = 1.0  # wall-clock budget of one math_reward call (sandbox.deadline: main thread)
+MATH_TIMEOUT_S = 1.0  # CPU-time budget of one math_reward call (sandbox.deadline: main thread)
 
 # Only LaTeX extraction: math-verify's ExprExtractionConfig runs sympy.parse_expr, i.e. eval().
 _LATEX_ONLY = [LatexExtractionConfig(boxed_match_priority=0)]
 _TEXT_NUMBER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{\s*([-+]?[\d.,]*\d)\s*[A-Za-z ]*\}")
 _NUMBER_WORDS = re.compile(r"^\s*([-+]?[\d.,]*\d)\s+(?:[A-Za-z]{2,}\s*)+$")
+_SCRIPTS = {"^": ("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻", "0123456789+-"), "_": ("₀₁₂₃₄₅₆₇₈₉₊₋", "0123456789+-")}
+_SCRIPT_RUNS = {mark: (re.compile(f"[{chars}]+"), str.maketrans(chars, ascii))
+                for mark, (chars, ascii) in _SCRIPTS.items()}
+# One LaTeX token: a command, an escaped character (\\$, \\, and "\\\\" itself), or a character.
+# Scanning by tokens never splits an escape, so no rule below can eat half of one.
+_LATEX_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|.", re.DOTALL)
+# Currency marks, dropped as a grader drops them: \\$18, US\\$18, 18 EUR, €5, \\pounds 3.
+_CURRENCY = {"\\$", "$", "€", "£", "¥", "\\euro", "\\texteuro", "\\pounds", "\\textsterling",
+             "\\textdollar", "\\yen"}
+_CURRENCY_CODE = re.compile(r"\b(?:US|USD|EUR|GBP|JPY|CNY|RMB)\s*(?=\\\$|\$|\d)|\s(?:USD|EUR|GBP)$")
+_TRAILING = {".", ",", ";", ":", "\\,", "\\;", "\\:", "\\ ", "\\.", "\\!", "\\\\", "\\quad",
+             "\\qquad"}
+
+
+def unicode_normal(text: str) -> str:
+    """NFKC (fullwidth ５ -> 5, Ｆ -> F, no-break space -> space), as every verifier reads its
+    answer: super- and subscript digits become ^{..} and _{..} first (NFKC alone would read x²
+    as x2), the fraction slash of NFKC's ½ -> 1⁄2 and the minus sign become / and -."""
+    for mark, (run, table) in _SCRIPT_RUNS.items():
+        text = run.sub(lambda m: mark + "{" + m.group().translate(table) + "}", text)
+    return unicodedata.normalize("NFKC", text).replace("\u2044", "/").replace("\u2212", "-")
 
 
 def normalise_answer(answer: str) -> str:
     """Our normalisations on top of math-verify's own (which already handles \\text units,
     "x = 5", thousands separators, \\%, ^\\circ, \\dfrac/\\tfrac, ordered tuples and intervals):
-    the unicode degree sign, trailing punctuation, \\text{18 dollars}, and "18 dollars"."""
-    answer = answer.replace("°", "^\\circ").replace("$", "").strip()
-    answer = re.sub(r"(?:\s|[.,;:]|\\[.,;: ]|\\quad|\\qquad)+$", "", answer)
+    unicode (`unicode_normal`), currency (\\$18, $18$, €18, US\\$18 and 18 USD all read 18), the
+    unicode degree sign, trailing punctuation and spacing, \\text{18 dollars}, and "18 dollars".
+
+    LaTeX is read token by token (`_LATEX_TOKEN`), so "\\\\" (a line break) followed by "$" or
+    "," stays a line break: no rule removes half of an escape.
+    """
+    answer = _CURRENCY_CODE.sub("", unicode_normal(answer).replace("°", "^\\circ"))
+    tokens = [t for t in _LATEX_TOKEN.findall(answer) if t not in _CURRENCY]
+    while tokens and (tokens[-1].isspace() or tokens[-1] in _TRAILING):
+        tokens.pop()
+    answer = "".join(tokens).strip()
     answer = _TEXT_NUMBER.sub(r"\1", answer)
     return _NUMBER_WORDS.sub(r"\1", answer)
 
@@ -165,12 +196,32 @@ def _equivalent(pred: str, gold: str) -> bool:
     return verify(list(parsed_gold), list(parsed_pred), timeout_seconds=None)
 
 
+# What a process pays once: sympy's and the LaTeX parser's lazy imports and caches (about 1 s of
+# CPU, several times that in wall clock on a busy machine). Fixed inputs, so the cost is bounded.
+_WARM_UP = [("x+1", "1+x"), ("\\frac{1}{2}", "0.5"), ("(3, \\pi/2)", "\\left(3, \\frac{\\pi}{2}\\right)"),
+            ("[1, 2)", "[1,2)"), ("2\\sqrt{2}", "\\sqrt{8}"), ("50\\%", "50")]
+
+
+@functools.cache
+def warm_up() -> None:
+    """Pay the one-off cost of the first comparisons in this process, outside any deadline.
+
+    `math_reward` calls it before it arms its deadline, and every worker of `score_batch` calls
+    it before it takes items: a cold first parse must not run out a deadline meant for one
+    answer, which would score a correct answer 0 (and, in a worker, leave the caches cold).
+    """
+    for pred, gold in _WARM_UP:
+        _equivalent(pred, gold)
+
+
 def math_reward(response: str, gold, timeout_s: float | None = MATH_TIMEOUT_S) -> float:
     """1.0 when the last complete \\boxed{}/\\fbox{} of `response` is mathematically equivalent to
     `gold` (a LaTeX string, a number, or a list of acceptable answers), else 0.0.
 
     No complete box scores 0. Answers that `sandbox.refuse_reason` flags score 0 without reaching
-    sympy, and the whole comparison runs under a `timeout_s` deadline (0.0 when it runs out).
+    sympy, and the comparison runs under a deadline of `timeout_s` seconds of this thread's CPU
+    time (0.0 when it runs out; see sandbox.deadline: a busy machine does not run it out). The
+    first call of a process runs `warm_up` first, outside the deadline.
     """
     golds = _gold_strings(gold)
     span = boxed_span(response)
@@ -179,6 +230,7 @@ def math_reward(response: str, gold, timeout_s: float | None = MATH_TIMEOUT_S) -
     pred = normalise_answer(response[span[0] : span[1]])
     if not pred or sandbox.refuse_reason(pred) is not None:
         return 0.0
+    warm_up()
     try:
         with sandbox.deadline(timeout_s):
             return float(any(_equivalent(pred, g) for g in golds))
@@ -210,9 +262,9 @@ def gold_of(row: dict):
 # ---------------------------------------------------------------------------------------------
 
 MAX_EXPRESSION_CHARS = 200
-_TOKEN = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
+_TOKEN = re.compile(r"\s*(?:([0-9]+)|([-+*/()]))")
 _OPERATOR_SPELLINGS = {"\\times": "*", "\\cdot": "*", "×": "*", "·": "*", "\\div": "/", "÷": "/",
-                       "\\left": "", "\\right": "", "−": "-"}
+                       "\\left": "", "\\right": ""}
 
 
 class ExpressionError(ValueError):
@@ -224,8 +276,10 @@ def parse_countdown(text: str) -> tuple[Fraction, list[int]]:
 
     Recursive descent, never eval: expr := term (('+'|'-') term)*, term := factor (('*'|'/')
     factor)*, factor := INT | '(' expr ')'. No unary minus, no decimals (Countdown numbers are
-    positive integers). Raises ExpressionError on anything else, including division by zero.
+    positive integers). The text is read after `unicode_normal` (fullwidth digits and operators
+    are ASCII). Raises ExpressionError on anything else, including division by zero.
     """
+    text = unicode_normal(text)
     for spelled, op in _OPERATOR_SPELLINGS.items():
         text = text.replace(spelled, op)
     if len(text) > MAX_EXPRESSION_CHARS:
@@ -322,13 +376,14 @@ def choice_reward(response: str, gold: str) -> float:
     """1.0 when the final answer (`answer_span`, no fallback) names the gold option letter.
 
     gold is a letter ("F") or a CrossThinkQA ground truth "F: option text". The answer may read
-    "F", "(F)", "\\text{F}", "F: option text" or "f"; anything else scores 0.
+    "F", "(F)", "\\text{F}", "F: option text" or "f", also in fullwidth (`unicode_normal`);
+    anything else scores 0.
     """
-    m = _GOLD_LETTER.match(gold) if isinstance(gold, str) else None
+    m = _GOLD_LETTER.match(unicode_normal(gold)) if isinstance(gold, str) else None
     if m is None:
         raise ValueError(f"choice_reward: gold must start with an option letter, got {gold!r}")
     span = answer_span(response, fallback=None)
-    pred = _PRED_LETTER.match(response, span[0], span[1]) if span else None
+    pred = _PRED_LETTER.match(unicode_normal(response[span[0] : span[1]])) if span else None
     return float(pred is not None and pred.group(1).upper() == m.group(1))
 
 
@@ -362,13 +417,14 @@ def score_batch(kind: str, responses: Sequence[str], golds: Sequence,
                 timeout_s: float = sandbox.ITEM_TIMEOUT_S, workers: int = 2) -> list[float]:
     """Rewards of `responses` against `golds` with REWARDS[kind], scored in `workers` processes.
 
-    Each item gets `timeout_s` of wall clock from the moment a worker takes it; past that its
-    worker is killed, the item scores 0.0 and a fresh worker takes the remaining items, so one
-    pathological answer never blocks or crashes the others (`sandbox.score_in_workers`). A bad
-    gold raises ValueError naming the item. Workers come from a forkserver (fork-safe next to
-    torch threads). workers=0 scores in this process instead: no process start-up (about 4 s for
-    a pool on 2 cores), and math_reward's own 1 s deadline still bounds each item (main thread
-    only), but a crash is not isolated.
+    Each item may use `timeout_s` of CPU time in its worker (and sandbox.WALL_BACKSTOP times that
+    in wall clock); past that its worker is killed, the item scores 0.0 and a fresh worker takes
+    the remaining items, so one pathological answer never blocks or crashes the others
+    (`sandbox.score_in_workers`). Every worker runs `warm_up` before its first item, outside any
+    limit. A bad gold raises ValueError naming the item. Workers come from a forkserver
+    (fork-safe next to torch threads). workers=0 scores in this process instead: no process
+    start-up (about 4 s for a pool on 2 cores), and math_reward's own 1 s CPU-time deadline still
+    bounds each item (main thread only), but a crash is not isolated.
     """
     if kind not in REWARDS:
         raise ValueError(f"score_batch: kind must be one of {sorted(REWARDS)}, got {kind!r}")
@@ -382,5 +438,4 @@ def score_batch(kind: str, responses: Sequence[str], golds: Sequence,
     if workers == 0:
         return [_score_here(i, kind, response, gold) for i, (response, gold) in enumerate(pairs)]
     jobs = [(kind, response, gold) for response, gold in pairs]
-    warm_up = ("math", "\\boxed{x+1}", "1+x")  # sympy's and the parser's lazy imports and caches
     return sandbox.score_in_workers(score_one, jobs, timeout_s, workers, warm_up)

@@ -31,6 +31,7 @@ the map of the unpadded one.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,6 +66,7 @@ class Rollout:
     lengths: Tensor  # [N] long: response lengths in tokens
     attn: Tensor | None  # [N, T, T] float32 mean over `layers` and heads; None when capture=False
     layers: list[int] | None = None  # the layers averaged into attn
+    capture_seconds: float = 0.0  # time the capture added to generate (Table 6); 0 without it
 
     def rows(self, index: Tensor) -> Rollout:
         """Rows `index` (1-D) of the rollout: every tensor, the texts and the attention."""
@@ -101,11 +103,55 @@ def resolve_layers(model, layers: Sequence[int] | None) -> list[int]:
 # The attention function and its capture state
 
 
+class _Stopwatch:
+    """Seconds spent inside `with watch():` blocks, for the capture's share of generation time.
+
+    On CUDA through events recorded in the stream, so timing never synchronises the device in the
+    middle of generation (one synchronisation when `seconds` is read); on CPU the wall clock. A
+    block inside a timed block is not counted twice.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._seconds = 0.0
+        self._events: list[tuple] = []
+        self._depth = 0
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            if self._depth > 1:
+                yield
+            elif self.cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                yield
+                end.record()
+                self._events.append((start, end))
+            else:
+                start = time.perf_counter()
+                yield
+                self._seconds += time.perf_counter() - start
+        finally:
+            self._depth -= 1
+
+    @property
+    def seconds(self) -> float:
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(s.elapsed_time(e) for s, e in self._events) / 1000
+            self._events.clear()
+        return self._seconds
+
+
 @dataclass
 class _Capture:
     attn: Tensor  # [N, Tmax, Tmax] float32, sum over captured layers of the head-mean attention
     layers: frozenset[int]
     chunk_bytes: int
+    watch: _Stopwatch  # the time spent capturing (not the SDPA output the model needs anyway)
     stop_after: int | None = None  # raise _StopForward after this layer (capture-only passes)
     calls: Counter = field(default_factory=Counter)  # layer -> attention calls seen
 
@@ -156,7 +202,8 @@ def _flowtracer_attention(module, query, key, value, attention_mask, dropout=0.0
         raise NotImplementedError(f"attention capture: layer {layer} uses one of "
                                   f"{_UNSUPPORTED_KWARGS}")
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    _add_head_mean(capture.attn, query, key, attention_mask, scale, capture.chunk_bytes)
+    with capture.watch():
+        _add_head_mean(capture.attn, query, key, attention_mask, scale, capture.chunk_bytes)
     capture.calls[layer] += 1
     if layer == capture.stop_after:
         raise _StopForward
@@ -220,7 +267,8 @@ def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None
 
 
 @contextmanager
-def _capturing(model, attn: Tensor, layers: list[int], chunk_bytes: int) -> Iterator[_Capture]:
+def _capturing(model, attn: Tensor, layers: list[int], chunk_bytes: int,
+               watch: _Stopwatch | None = None) -> Iterator[_Capture]:
     """Switch the model to "flowtracer" attention with a fresh capture; restore "sdpa" on exit."""
     global _ACTIVE
     if _ACTIVE is not None:
@@ -234,7 +282,8 @@ def _capturing(model, attn: Tensor, layers: list[int], chunk_bytes: int) -> Iter
         raise ValueError("attention capture needs attn_implementation='sdpa' (its output is "
                          f"reused as is, so sampling is unchanged); the model uses {impl!r}: "
                          "call model.set_attn_implementation('sdpa')")
-    _ACTIVE = _Capture(attn=attn, layers=frozenset(layers), chunk_bytes=chunk_bytes)
+    _ACTIVE = _Capture(attn=attn, layers=frozenset(layers), chunk_bytes=chunk_bytes,
+                       watch=watch or _Stopwatch(attn.device))
     model.set_attn_implementation(ATTN_NAME)
     try:
         yield _ACTIVE
@@ -309,13 +358,18 @@ def generate(
     layers: Sequence[int] | None = None,
     chat_template: bool = True,
     chunk_bytes: int = CHUNK_BYTES,
+    answer_fallback: str | None = None,
     **generate_kwargs,
 ) -> Rollout:
     """Sample n responses per prompt; with capture=True also return their [N, T, T] attention.
 
     The defaults are the paper's sampling settings (temperature 0.99, top-p 1, top-k 100, Sec. 4.1).
     prompts are user messages wrapped in the tokenizer's chat template (chat_template=False: used
-    as they are). Extra keyword arguments go to model.generate (e.g. min_new_tokens).
+    as they are). answer_fallback: where the answer mask goes in a response without a box or
+    answer tag (rewards.answer_span): None (the paper's: nowhere, so flow credit leaves the row at
+    gamma 1) or "last_line". Extra keyword arguments go to model.generate (e.g. min_new_tokens).
+    With capture=True, Rollout.capture_seconds is the time the capture added: the attention
+    recomputation inside each step, the buffer, and the extra step for the last token.
     """
     if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError("prompts must be a non-empty list of strings")
@@ -332,14 +386,15 @@ def generate(
                   eos_token_id=eos or None, return_dict_in_generate=True)
     kwargs.update(generate_kwargs)
 
-    attn, layers_used = None, None
+    attn, layers_used, watch = None, None, _Stopwatch(prompt_ids.device)
     if not capture:
         sequences = model.generate(prompt_ids, attention_mask=prompt_mask, **kwargs).sequences
     else:
         layers_used = resolve_layers(model, layers)
         t_max = width + max_new_tokens
-        attn = torch.zeros(num, t_max, t_max, dtype=torch.float32, device=model.device)
-        with _capturing(model, attn, layers_used, chunk_bytes) as cap:
+        with watch():
+            attn = torch.zeros(num, t_max, t_max, dtype=torch.float32, device=model.device)
+        with _capturing(model, attn, layers_used, chunk_bytes, watch) as cap:
             out = model.generate(prompt_ids, attention_mask=prompt_mask, **kwargs)
             sequences = out.sequences
             if not isinstance(out.past_key_values, DynamicCache):
@@ -351,24 +406,29 @@ def generate(
             sampled = prompt_mask.new_ones(num, sequences.shape[1] - width)  # [N, R]
             step_mask = torch.cat([prompt_mask, sampled], dim=1)  # [N, T]
             cap.stop_after = layers_used[-1]
-            try:
-                model(input_ids=sequences[:, -1:], attention_mask=step_mask,
-                      past_key_values=out.past_key_values,
-                      position_ids=_positions(step_mask)[:, -1:], use_cache=True)
-            except _StopForward:
-                pass
+            with watch():
+                try:
+                    model(input_ids=sequences[:, -1:], attention_mask=step_mask,
+                          past_key_values=out.past_key_values,
+                          position_ids=_positions(step_mask)[:, -1:], use_cache=True)
+                except _StopForward:
+                    pass
             cap.check_calls(expected=sequences.shape[1] - width + 1)  # prefill + one per fed token
         del out
         t = sequences.shape[1]
         if t < t_max:  # all sequences stopped early
-            attn = attn[:, :t, :t].clone()
+            with watch():
+                attn = attn[:, :t, :t].clone()
 
     masks = _sequence_masks(sequences, prompt_mask, eos)
     if attn is not None:
-        _finalize(attn, masks["attention_mask"], len(layers_used))
-    texts, answer_mask = _texts_and_answers(tokenizer, sequences, masks["response_mask"])
+        with watch():
+            _finalize(attn, masks["attention_mask"], len(layers_used))
+    texts, answer_mask = _texts_and_answers(tokenizer, sequences, masks["response_mask"],
+                                            answer_fallback)
     return Rollout(input_ids=sequences, texts=texts, answer_mask=answer_mask, attn=attn,
-                   layers=layers_used, lengths=masks["response_mask"].sum(1), **masks)
+                   layers=layers_used, lengths=masks["response_mask"].sum(1),
+                   capture_seconds=watch.seconds, **masks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -419,12 +479,13 @@ def _sequence_masks(sequences: Tensor, prompt_mask: Tensor,
     )
 
 
-def _texts_and_answers(tokenizer, sequences: Tensor,
-                       response_mask: Tensor) -> tuple[list[str], Tensor]:
+def _texts_and_answers(tokenizer, sequences: Tensor, response_mask: Tensor,
+                       fallback: str | None = None) -> tuple[list[str], Tensor]:
     """Decoded responses and the answer mask [N, T].
 
-    The answer mask marks the response tokens overlapping rewards.answer_span(text): the answer
-    tokens the flow's virtual sink is connected from (the set A of eq. (2)).
+    The answer mask marks the response tokens overlapping rewards.answer_span(text, fallback): the
+    answer tokens the flow's virtual sink is connected from (the set A of eq. (2)). A response
+    without an answer region has none (fallback None, the paper's).
     """
     texts, answer_mask = [], torch.zeros_like(response_mask)
     for i in range(sequences.shape[0]):
@@ -432,7 +493,7 @@ def _texts_and_answers(tokenizer, sequences: Tensor,
         ids = sequences[i, positions].tolist()
         text = tokenizer.decode(ids, skip_special_tokens=True)
         texts.append(text)
-        span = answer_span(text)
+        span = answer_span(text, fallback)
         if span is not None:
             a, b = _char_span_to_tokens(tokenizer, ids, *span)
             answer_mask[i, positions[a:b]] = True

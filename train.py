@@ -8,7 +8,9 @@
 
 One step is one optimizer update (the paper's rollout batch is its global batch):
   1. sample   group_size responses for each of prompts_per_step prompts (HF generate); the
-              middle-layer attention is captured on the way (rollout.py) if the strategy reads it.
+              middle-layer attention is captured on the way (rollout.py) if the strategy reads it
+              (its share of time_generate is time_capture: FlowTracer's overhead per step is
+              time_capture + time_credit, Table 6).
   2. score    verify each response (rewards.py); group-relative advantages (grpo.group_advantages,
               eq. 10); filter: drop groups whose mean reward lies outside [min_difficulty,
               max_difficulty] (paper: 0.1-0.95) and responses cut off at max_new_tokens.
@@ -169,7 +171,8 @@ def sample(cfg: Config, policy: Policy, tokenizer, examples: list[data.Example])
     r = rollout.generate(policy.lm, tokenizer, list(prompts), n=cfg.group_size,
                          temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                          max_new_tokens=cfg.max_new_tokens, layers=cfg.layers,
-                         chat_template=chat[0], capture=cfg.credit in credit.ATTENTION_STRATEGIES)
+                         chat_template=chat[0], capture=cfg.credit in credit.ATTENTION_STRATEGIES,
+                         answer_fallback=cfg.answer_fallback)
     policy.lm.train()
     return r
 
@@ -275,6 +278,7 @@ def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenize
             part = mine[start : start + size]
             with timer("generate"), torch.no_grad():
                 r = sample(cfg, policy, tokenizer, part)
+            timer.add("capture", r.capture_seconds)  # the capture's share of time_generate
             with timer("reward"):
                 advantages, keep, piece_sums = score_and_filter(cfg, r, part, eos)
             with timer("credit"):
@@ -304,8 +308,11 @@ class Timer:
         yield
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        key = f"time_{name}"
-        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+        self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add seconds measured elsewhere to time_{name}."""
+        self.seconds[f"time_{name}"] = self.seconds.get(f"time_{name}", 0.0) + seconds
 
 
 def held_out_accuracy(cfg: Config, accelerator: Accelerator, model, tokenizer, examples) -> float:
@@ -351,8 +358,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(cfg.seed, device_specific=True)
 
     try:  # data first: a broken file fails in a second, not after the model has loaded
-        train_examples = training_examples(cfg)
         eval_examples = held_out_examples(cfg)
+        train_examples = data.without_overlap(training_examples(cfg), eval_examples)
     except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"train.py: {e}") from e
     kinds = {e.kind for e in train_examples}

@@ -194,6 +194,8 @@ def test_sampling_unchanged_by_capture(tokenizer):
     off = generate(model, tokenizer, prompts, n=3, max_new_tokens=16, capture=False)
     assert off.attn is None and on.attn is not None
     assert torch.equal(on.input_ids, off.input_ids) and on.texts == off.texts
+    # Table 6: the capture's share of generation is timed (and is 0 without capture)
+    assert on.capture_seconds > 0 and off.capture_seconds == 0.0
     # Samples of one prompt are grouped: rows 0..2 share prompt 0, rows 3..5 prompt 1.
     assert torch.equal(on.input_ids[0, on.prompt_mask[0]], on.input_ids[2, on.prompt_mask[2]])
     assert not torch.equal(on.prompt_mask[0], on.prompt_mask[3])
@@ -226,6 +228,22 @@ def test_prompt_and_answer_masks(tokenizer):
         assert not (out.answer_mask[row] & ~out.response_mask[row]).any()
     # the shorter prompt was left-padded
     assert out.prompt_mask[0].sum() != out.prompt_mask[1].sum()
+
+
+def test_answer_mask_without_a_box(tokenizer):
+    """No box: no answer mask by default (the paper's answer region; flow credit then leaves the
+    row at gamma 1), the last line with answer_fallback="last_line"."""
+    model = tiny("qwen3", vocab_size=len(tokenizer))
+    width = prompt_length(tokenizer, "What is 6 times 7?")
+    script = tokenizer.encode("The answer is 42.", add_special_tokens=False)
+    script += [tokenizer.eos_token_id]
+    kw = dict(n=1, max_new_tokens=len(script) + 1, capture=False)
+    out = generate(model, tokenizer, ["What is 6 times 7?"], **kw,
+                   logits_processor=LogitsProcessorList([ForceTokens(width, {0: script})]))
+    assert out.texts == ["The answer is 42."] and not out.answer_mask.any()
+    out = generate(model, tokenizer, ["What is 6 times 7?"], **kw, answer_fallback="last_line",
+                   logits_processor=LogitsProcessorList([ForceTokens(width, {0: script})]))
+    assert tokenizer.decode(out.input_ids[0, out.answer_mask[0]]) == "The answer is 42."
 
 
 class CharTokens:

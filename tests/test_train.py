@@ -55,6 +55,9 @@ def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:
         assert all(torch.isfinite(torch.tensor(float(v))) for v in r.values())
+        # Table 6: the capture's share of generation, on for the strategies that read attention
+        captures = strategy in credit.ATTENTION_STRATEGIES
+        assert 0 < r["time_capture"] < r["time_generate"] if captures else r["time_capture"] == 0
         g = r["gamma_mean"]
         if strategy == "uniform":
             assert g == 1.0
@@ -155,6 +158,23 @@ def test_presets_and_flags():
     assert cfg.lr == 2e-6 and cfg.layers == [12, 13]  # flags override the preset
     assert train.parse_args([]) == train.Config()
     assert train.parse_args(["--no-drop-truncated", "--dual-clip", "none"]).dual_clip is None
+    assert train.parse_args([]).answer_fallback is None  # the paper's answer region: the box
+    assert train.parse_args(["--answer-fallback", "last_line"]).answer_fallback == "last_line"
+
+
+def test_presets_train_and_evaluate_on_disjoint_splits():
+    """No preset trains on its held-out data (issue 13: qwen3-4b-countdown trained on TinyZero's
+    test file, qwen3-4b-crossthinkqa on its 811 held-out rows)."""
+    import data
+
+    for name in train.PRESETS:
+        cfg = train.parse_args(["--preset", name])
+        if cfg.data in data.BENCHMARKS:
+            split = data.BENCHMARKS[cfg.data]
+            assert split.split == "train", name
+            assert split.file != data.BENCHMARKS[cfg.eval_data].file, name
+    countdown = train.parse_args(["--preset", "qwen3-4b-countdown"])
+    assert data.BENCHMARKS[countdown.data].file == "countdown_tinyzero_train.jsonl"
 
 
 @pytest.mark.parametrize("argv, listed", [(["--preset", "nope"], "qwen3-4b-math-1k"),
@@ -230,6 +250,25 @@ def test_broken_training_file_names_file_line_and_field(tmp_path):
     with pytest.raises(SystemExit, match="ours=theirs"):
         train.main(SMALL + ["--data", str(bad), "--data-fields", "prompt",
                             "--out", str(tmp_path / "run")])
+
+
+def test_train_and_eval_overlap_is_checked_before_the_model_loads(tmp_path, capsys):
+    """data.without_overlap runs in train.main before the model loads (the model path here does
+    not exist): the same file for training and evaluation is refused, a partial overlap is left
+    out of training with a warning."""
+    rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
+    both = tmp_path / "both_gsm8k.jsonl"
+    both.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = SMALL + ["--data", str(both), "--model", str(tmp_path / "no-model"),
+                    "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match="also in the held-out set"):
+        train.main(argv + ["--eval-data", str(both)])
+    part = tmp_path / "part_gsm8k.jsonl"
+    part.write_text(json.dumps(rows[1]) + "\n")
+    with pytest.raises(BaseException) as failure:  # as far as loading the (missing) model
+        train.main(argv + ["--eval-data", str(part)])
+    assert "no-model" in str(failure.value)
+    assert "1 of 4 training examples are also in the held-out set" in capsys.readouterr().err
 
 
 def test_batch_cat_pads_and_rows_trims():
