@@ -127,7 +127,8 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
                     help="a named set of defaults")
     choices = {"credit": sorted(credit.CREDIT_STRATEGIES), "template": list(data.TEMPLATES),
-               "aggregation": ["seq-mean", "token-mean"], "answer_fallback": list(rewards.FALLBACKS)}
+               "aggregation": ["seq-mean", "token-mean"],
+               "answer_fallback": list(rewards.FALLBACKS)}
     for f in dataclasses.fields(Config):
         if f.name == "preset":
             continue

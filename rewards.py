@@ -198,8 +198,9 @@ def _equivalent(pred: str, gold: str) -> bool:
 
 # What a process pays once: sympy's and the LaTeX parser's lazy imports and caches (about 1 s of
 # CPU, several times that in wall clock on a busy machine). Fixed inputs, so the cost is bounded.
-_WARM_UP = [("x+1", "1+x"), ("\\frac{1}{2}", "0.5"), ("(3, \\pi/2)", "\\left(3, \\frac{\\pi}{2}\\right)"),
-            ("[1, 2)", "[1,2)"), ("2\\sqrt{2}", "\\sqrt{8}"), ("50\\%", "50")]
+_WARM_UP = [("x+1", "1+x"), ("\\frac{1}{2}", "0.5"), ("[1, 2)", "[1,2)"),
+            ("(3, \\pi/2)", "\\left(3, \\frac{\\pi}{2}\\right)"), ("2\\sqrt{2}", "\\sqrt{8}"),
+            ("50\\%", "50")]
 
 
 @functools.cache

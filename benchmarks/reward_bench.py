@@ -5,7 +5,9 @@ Times math_reward (the default in-process path: refusals, then the 1 s CPU-time 
             responses, the issue's nested powers with 5-, 6- and 7-digit bases, ...);
   budget:   answers built to sit just under sandbox.MAX_NUMBER_DIGITS, the largest integer work
             that refuse_reason lets through;
-  golds:    (--golds) \\boxed{gold} against its gold for every math gold in ../shared/benchmarks.
+  golds:    (--golds) every math gold of ../shared/benchmarks, boxed, against the next gold of its
+            file: both sides go through the parser and sympy (the string shortcut of an equal
+            answer would skip them), the cost of an ordinary wrong answer.
 Prints wall and CPU seconds (this thread) of the slowest calls and the one-off warm_up cost.
 Figures only, no assertions. Usage:
 
@@ -84,8 +86,10 @@ def main() -> None:
             rows = []
             for i, gold in enumerate(golds):
                 first = str(gold[0] if isinstance(gold, list) else gold).strip().strip("$")
-                rows.append((f"{name}:{i + 1} {first[:50]}", *timed(f"\\boxed{{{first}}}", gold)))
-            report(f"{name} golds ({sum(r[3] for r in rows):.0f} scored 1)", rows, 3)
+                other = golds[(i + 1) % len(golds)]
+                rows.append((f"{name}:{i + 1} {first[:50]}", *timed(f"\\boxed{{{first}}}", other)))
+            report(f"{name} golds vs the next gold ({sum(r[3] for r in rows):.0f} scored 1)", rows,
+                   3)
 
 
 if __name__ == "__main__":

@@ -239,7 +239,8 @@ def test_countdown_reward(answer, reward):
 
 def test_countdown_reward_unicode():
     # NFKC, as in math_reward: fullwidth digits and operators are ASCII; superscripts are no digit
-    assert countdown_reward("<answer>７４ － （９６ ＋ ３７） ／ ７</answer>", [96, 7, 37, 74], 55) == 1.0
+    fullwidth = "<answer>７４ － （９６ ＋ ３７） ／ ７</answer>"
+    assert countdown_reward(fullwidth, [96, 7, 37, 74], 55) == 1.0
     assert countdown_reward("<answer>7² + 6</answer>", [7, 2, 6], 55) == 0.0  # 7^{2}: no **
 
 

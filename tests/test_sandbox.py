@@ -1,6 +1,7 @@
 """Tests of sandbox.py: refusals of hostile answers, the deadline, score_batch's worker pool."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -34,13 +35,18 @@ def test_refuse_reason_lets_real_answers_through():
 
 
 def test_refuse_reason_nested_powers():
-    """Each estimate is at least the true number of digits, and every one is refused."""
+    """Every one is refused before sympy sees it, so math_reward returns at once even with a 30 s
+    deadline (the old code spent 4-14 s in one gcd there, past any SIGALRM deadline); and each
+    digit estimate is at least the true number of digits."""
+    for name, answer in NESTED_POWERS.items():
+        assert sandbox.refuse_reason(answer) is not None, name
+        start = time.process_time()
+        assert math_reward(f"\\boxed{{{answer}}}", "1", timeout_s=30) == 0.0
+        assert time.process_time() - start < 0.5, name
     assert sandbox.number_digits("2^{1009}") >= 1009 * math.log10(2)
     assert sandbox.number_digits("\\binom{100}{50}") >= math.log10(math.comb(100, 50))
     assert sandbox.number_digits("1000!") >= math.log10(math.factorial(1000))
     assert sandbox.number_digits("x^{99999} + n!") < 20  # symbolic: sympy keeps them unevaluated
-    for name, answer in NESTED_POWERS.items():
-        assert sandbox.refuse_reason(answer) is not None, name
 
 
 
@@ -76,7 +82,7 @@ def test_math_reward_hostile_inputs_are_bounded():
     = 1 s of CPU time for the deadline; refuse_reason keeps one-shot C-level big-int work away
     from sympy). CPU time, because the wall clock of a test depends on the machine's load:
     benchmarks/reward_bench.py reports both."""
-    rewards.warm_up()
+    math_reward("\\boxed{x+1}", "1+x", timeout_s=None)  # warm (rewards.warm_up)
     times = {}
     for name, response in HOSTILE.items():
         start = time.process_time()
@@ -103,13 +109,14 @@ def test_math_reward_is_not_cut_off_by_a_busy_machine(monkeypatch):
 
 def _score_slowly(env: dict[str, str], workers: int) -> list[float]:
     """score_batch in a fresh Python process whose math-verify is slowed by tests/slow_parse."""
-    code = ("import rewards; print(rewards.score_batch('math', ['\\\\boxed{x+1}', "
-            f"'\\\\boxed{{\\\\frac12}}', '\\\\boxed{{2}}'], ['1+x', '0.5', '3'], workers={workers}))")
+    responses = ["\\boxed{x+1}", "\\boxed{\\frac12}", "\\boxed{2}"]
+    code = (f"import json, rewards; print(json.dumps(rewards.score_batch('math', {responses!r}, "
+            f"['1+x', '0.5', '3'], workers={workers})))")
     env = os.environ | env | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "slow_parse"),
                                                               str(ROOT)])}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True, timeout=300)
-    return eval(out.stdout.strip().splitlines()[-1])  # our own list of floats
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
