@@ -67,7 +67,7 @@ class Config:
     # system
     bf16: bool = False  # autocast in bf16 (master weights stay float32)
     gradient_checkpointing: bool = False
-    # 0: score in this process (1 s deadline per call); N: a pool of N isolated workers
+    # 0: score in this process (1 s CPU-time deadline per call); N: a pool of N isolated workers
     reward_workers: int = 0
     eval_every: int = 10
     save_every: int = 10
