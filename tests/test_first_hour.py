@@ -162,7 +162,8 @@ def test_the_readme_own_data_example_runs_as_written(tmp_path):
     analyze.main(["view", "--model", model, "--prompts", str(tmp_path / "my.jsonl"),
                   "--data-fields", "prompt=question,gold=final", "--max-new-tokens", "8",
                   "--out", str(page)])
-    assert "Compute 1+1*2." in page.read_text(encoding="utf-8")
+    title = re.search(r"<title>FlowTracer: (.*?)\n", page.read_text(encoding="utf-8")).group(1)
+    assert title in {json.loads(line)["question"] for line in open(tmp_path / "my.jsonl")}
 
 
 # --------------------------------------------------------------------------------------------------
