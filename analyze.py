@@ -7,12 +7,13 @@ paper.
     python analyze.py formats   [--problems N]          -> Table 11a: top-k overlap, answer forms
 
 Every subcommand runs on the shipped tiny model (tiny/qwen3-arith, CPU, seconds) and on any HF
-causal LM (--model PATH; --prompts gsm8k --data-dir DIR, a benchmark JSONL, or a JSONL with a
-"prompt" and an optional "gold" field, sampled with --seed; or --prompt TEXT). The flow of a
-sequence is always flow.trace on flow.influence_graph of the head-mean attention of the middle
-layers (rollout.py), with the answer region of rewards.answer_span and the chat-templated prompt
-as source. This file is the command line only: each subcommand lives in its
-module of analysis/ (view.py, tokens.py, intervene.py, formats.py; what they share in common.py).
+causal LM (--model PATH; --prompts SOURCE, read as train.py's --data under the same --data-dir,
+--data-format and --data-fields flags, or a JSONL with a "prompt" and an optional "gold" field,
+sampled with --seed; or --prompt TEXT). The flow of a sequence is always flow.trace on
+flow.influence_graph of the head-mean attention of the middle layers (rollout.py), with the answer
+region of rewards.answer_span and the chat-templated prompt as source. This file is the command
+line only: each subcommand lives in its module of analysis/ (view.py, tokens.py, intervene.py,
+formats.py; what they share in common.py).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from pathlib import Path
 
 import torch
 
+import cli
 import data
 import flow
-from analysis.common import PROMPT_SETUPS
+from analysis.common import PROMPT_SETUPS, read_prompts
 from analysis.formats import run_formats
 from analysis.intervene import run_intervene
 from analysis.tokens import run_tokens
@@ -38,68 +40,78 @@ TINY = Path(__file__).resolve().parent / "tiny" / "qwen3-arith"
 
 def _common(p: argparse.ArgumentParser, problems: int) -> None:
     p.add_argument("--model", default=str(TINY),
-                   help="HF model path or name (default: the shipped tiny model)")
+                   help="a local model folder or a hub id (default: the shipped tiny model)")
     p.add_argument("--prompts",
-                   help="a benchmark name (e.g. gsm8k, with --data-dir), a benchmark JSONL file, "
-                        "or a JSONL file with 'prompt' and optional 'gold' per line")
-    p.add_argument("--data-dir", help="folder holding the benchmark files (../shared/benchmarks)")
-    p.add_argument("--format", choices=sorted(data.FORMATS),
-                   help="the row format of a --prompts JSONL file (default: guessed)")
+                   help="where the prompts come from, as train.py's --data: a benchmark name "
+                        "(with --data-dir), a local .jsonl, a task; or a JSONL with 'prompt' and "
+                        "optional 'gold' per line (None: the tiny arithmetic task's problems)")
+    data.add_data_flags(p)
     p.add_argument("--prompt-setup", choices=PROMPT_SETUPS, default="user",
                    help="user: instruction in the user message (as in training); system: App. "
                         "E.1's layout, the instruction as a system message")
     p.add_argument("--problems", type=int, default=problems,
                    help="how many prompts: a seeded random sample of --prompts, or tiny-task ones")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the prompt sample and of sampling")
     p.add_argument("--layers", type=int, nargs="+",
-                   help="attention layers to average (default: middle third)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+                   help="attention layers to average (None: the middle third)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="the longest response")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="analyze.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    v = sub.add_parser("view", help="one sequence -> self-contained HTML (+ PNG heat map)")
+    v = sub.add_parser("view", help="one sequence -> self-contained HTML (+ PNG heat map)",
+                       formatter_class=defaults)
     _common(v, 1)
     v.add_argument("--prompt", default=None,
                    help="prompt text (default: the first tiny-task problem)")
     v.add_argument("--response",
                    help="teacher-force this response instead of generating one (greedy)")
-    v.add_argument("--edges", choices=("flow", "attention"), default="flow")
-    v.add_argument("--log-scale", action="store_true")
-    v.add_argument("--ratio", type=float, default=flow.RATIO)
-    v.add_argument("--out", default="flow.html")
+    v.add_argument("--edges", choices=("flow", "attention"), default="flow",
+                   help="draw a token's edges by flow (eqs. 3-4) or by raw attention")
+    v.add_argument("--log-scale", action="store_true", help="colour throughput on a log scale")
+    v.add_argument("--ratio", type=float, default=flow.RATIO,
+                   help="the share of response tokens marked as top flow (eq. 6)")
+    v.add_argument("--out", default="flow.html", help="the HTML page to write")
     v.add_argument("--png", help="also write a PNG heat map here")
     v.add_argument("--screenshot",
                    help="also render the page in headless Chromium and save a PNG here")
     v.add_argument("--pin", type=int, help="token index to pin in the screenshot")
-    v.add_argument("--window", type=int, nargs=2, default=(1000, 520), metavar=("W", "H"))
+    v.add_argument("--window", type=int, nargs=2, default=(1000, 520), metavar=("W", "H"),
+                   help="screenshot size in pixels")
     v.set_defaults(run=run_view)
 
-    t = sub.add_parser("tokens", help="most frequent high-/low-flow tokens (Fig. 3, Table 11b)")
+    t = sub.add_parser("tokens", help="most frequent high-/low-flow tokens (Fig. 3, Table 11b)",
+                       formatter_class=defaults)
     _common(t, 200)
-    t.add_argument("--ratio", type=float, default=0.2)
-    t.add_argument("--temperature", type=float, default=0.7)
-    t.add_argument("--top", type=int, default=15)
-    t.add_argument("--png", default="tokens.png")
+    t.add_argument("--ratio", type=float, default=0.2,
+                   help="the share of response tokens counted as high (and as low) flow")
+    t.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    t.add_argument("--top", type=int, default=15, help="how many tokens to list")
+    t.add_argument("--png", default="tokens.png", help="the chart to write")
     t.add_argument("--after-answer", action="store_true",
                    help="count the dead-end tokens after the answer too")
     t.set_defaults(run=run_tokens)
 
     i = sub.add_parser("intervene",
-                       help="Table 1: block high/low/random 20%% of tokens, regenerate")
+                       help="Table 1: block high/low/random 20%% of tokens, regenerate",
+                       formatter_class=defaults)
     _common(i, 200)
     i.add_argument("--seeds", type=int, nargs="+",
                    help="several seeds: one run each, plus the pooled counts")
-    i.add_argument("--ratio", type=float, default=0.2)
+    i.add_argument("--ratio", type=float, default=0.2,
+                   help="the share of the response prefix to block")
     i.add_argument("--temperature", type=float, default=0.7,
                    help="sampling and regeneration (0 = greedy)")
     i.add_argument("--json", help="write the counts here")
     i.set_defaults(run=run_intervene)
 
     f = sub.add_parser("formats",
-                       help="Table 11a: top-k overlap when only the answer's form changes")
+                       help="Table 11a: top-k overlap when only the answer's form changes",
+                       formatter_class=defaults)
     _common(f, 100)
     f.set_defaults(run=run_formats)
     return ap
@@ -108,11 +120,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     torch.set_num_threads(1)
+    cli.check_model(args.model)
+    # the prompts are read once before the model loads: a bad --prompts fails in a second
+    examples = read_prompts(getattr(args, "prompt", None), args.prompts, args.problems, args.seed,
+                            args.data_dir, args.data_format, args.data_fields)
     model, tokenizer = load_model(args.model)
+    cli.check_layers(model, args.layers)
+    source = args.prompts or ("--prompt" if getattr(args, "prompt", None) else "the tiny task")
+    cli.warn_unencodable("analyze.py", tokenizer, {source: examples}, args.model)
     t0 = time.time()
     args.run(args, model, tokenizer)
     print(f"[{time.time() - t0:.1f} s]", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("analyze.py", main, sys.argv[1:])

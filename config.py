@@ -3,13 +3,14 @@
 The defaults of `Config` are the embedded tiny run (`python train.py`); a preset (`--preset NAME`)
 replaces some defaults with the paper's setup (Sec. 4, App. C.3); every field is also a flag that
 overrides both (`lr` is `--lr`, `max_new_tokens` is `--max-new-tokens`, a bool `x` is `--x` and
-`--no-x`).
+`--no-x`), and its `flag(default, help)` is what --help says about it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,62 +23,79 @@ ROOT = Path(__file__).resolve().parent
 TINY_MODEL = str(ROOT / "tiny" / "qwen3-arith")
 
 
+_DATA_HELP = data.DATA_FLAGS  # (inside Config, `data` is the field)
+
+
+def flag(default, help: str):
+    """A Config field: its default and the --help text of its flag."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
     # model and data
-    model: str = TINY_MODEL  # a hub id or a local folder (save_pretrained format)
-    # "arith" (a task of tasks.py), a benchmark name of data.BENCHMARKS, or a local .jsonl
-    data: str = "arith"
-    data_format: str | None = None  # a local .jsonl's row format (data.FORMATS); None: guess
-    data_fields: str | None = None  # our field names onto a JSONL's: "prompt=question,gold=final"
-    data_dir: str | None = None  # a folder holding the benchmark files (read instead of the hub)
-    eval_data: str = "arith"  # held-out set, same kinds of source as `data`
-    eval_limit: int | None = None  # evaluate on the first K held-out items only
-    template: str = "chat"  # how prompts are rendered: data.TEMPLATES
+    model: str = flag(TINY_MODEL, "a hub id (org/name) or a local model folder (save_pretrained "
+                                  "format)")
+    data: str = flag("arith", "training data: a task of tasks.py (arith), a benchmark name of "
+                              "data.BENCHMARKS, or a local .jsonl")
+    data_format: str | None = flag(None, _DATA_HELP["data_format"])
+    data_fields: str | None = flag(None, _DATA_HELP["data_fields"])
+    data_dir: str | None = flag(None, _DATA_HELP["data_dir"])
+    eval_data: str = flag("arith", "held-out data, the same kinds of source as --data")
+    eval_limit: int | None = flag(None, "evaluate on the first K held-out items only (None: all)")
+    template: str = flag("chat", "how prompts are rendered: chat (the tokenizer's chat template) "
+                                 "or fewshot (the paper's few-shot prompt, for base models)")
     # rollout
-    steps: int = 100
-    prompts_per_step: int = 32  # global, over all processes
-    group_size: int = 8  # responses per prompt (G of eq. 10)
-    max_new_tokens: int = 40
-    temperature: float = 0.99
-    top_p: float = 1.0
-    top_k: int = 100
-    min_difficulty: float = 0.1  # keep a group when min <= mean reward <= max
-    max_difficulty: float = 0.95
-    drop_truncated: bool = True  # responses without EOS within max_new_tokens get no gradient
-    # the flow target of a response without \boxed{} or <answer>: None (the paper's: none, so
-    # gamma 1 for that row) or "last_line" (rewards.answer_span)
-    answer_fallback: str | None = None
+    steps: int = flag(100, "optimizer steps, one rollout batch each")
+    prompts_per_step: int = flag(32, "prompts per step, over all processes")
+    group_size: int = flag(8, "responses per prompt (G of eq. 10)")
+    max_new_tokens: int = flag(40, "the longest response, in tokens")
+    temperature: float = flag(0.99, "sampling temperature")
+    top_p: float = flag(1.0, "nucleus sampling: keep the tokens of the top-p probability mass")
+    top_k: int = flag(100, "sample among the k most likely tokens")
+    min_difficulty: float = flag(0.1, "keep a group when min <= its mean reward <= max")
+    max_difficulty: float = flag(0.95, "see --min-difficulty")
+    drop_truncated: bool = flag(True, "responses without EOS within --max-new-tokens get no "
+                                      "gradient")
+    answer_fallback: str | None = flag(None, "the flow target of a response without \\boxed{} or "
+                                             "<answer>: None (the paper's: none, so gamma 1 for "
+                                             "that row) or last_line")
     # credit (eqs. 5-6)
-    credit: str = "flow"
-    ratio: float = flow.RATIO
-    gamma: float = flow.GAMMA
-    layers: list[int] | None = None  # layers averaged into the graph; None: rollout.default_layers
+    credit: str = flag("flow", "the token credit: flow (FlowTracer, eq. 6), uniform (GRPO), or a "
+                               "baseline or ablation of credit.py")
+    ratio: float = flag(flow.RATIO, "the share of response tokens that get gamma (eq. 6)")
+    gamma: float = flag(flow.GAMMA, "the weight of the chosen tokens (eq. 6)")
+    layers: list[int] | None = flag(None, "comma-separated layers averaged into the attention "
+                                          "graph (None: the middle third)")
     # optimisation
-    lr: float = 1e-4
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    micro_batch: int = 64  # sequences per forward/backward (and per flow solve) on one process
-    generation_batch: int | None = None  # prompts per generate call per process (None: all)
-    clip_eps: float = 0.2
-    dual_clip: float | None = 3.0
-    adv_clip: float | None = 2.0
-    aggregation: str = "seq-mean"  # eq. (5); "token-mean" for DAPO's
+    lr: float = flag(1e-4, "AdamW learning rate")
+    warmup_steps: int = flag(0, "linear learning-rate warm-up steps")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    max_grad_norm: float = flag(1.0, "clip the gradient norm to this")
+    micro_batch: int = flag(64, "sequences per forward/backward (and per flow solve) on one "
+                                "process: memory, not the update")
+    generation_batch: int | None = flag(None, "prompts per generate call per process (None: "
+                                              "all): memory, not the update")
+    clip_eps: float = flag(0.2, "PPO clip range epsilon (eq. 5)")
+    dual_clip: float | None = flag(3.0, "dual-clip constant for negative advantages (None: off)")
+    adv_clip: float | None = flag(2.0, "clip the advantages to +-this (None: off)")
+    aggregation: str = flag("seq-mean", "seq-mean (eq. 5: per sequence, then per group) or "
+                                        "token-mean (DAPO's)")
     # system
-    bf16: bool = False  # autocast in bf16 (master weights stay float32)
-    gradient_checkpointing: bool = False
-    # 0: score in this process (1 s CPU-time deadline per call); N: a pool of N isolated workers
-    reward_workers: int = 0
-    eval_every: int = 10
-    save_every: int = 10
-    keep_checkpoints: int = 2
-    seed: int = 0
-    out: str | None = None  # run folder; default runs/<preset>-<credit>-seed<seed>
-    resume: bool = False
-    overwrite: bool = False
-    plot_ema: float | None = None  # smooth the curves with the paper's peak-tracking EMA (App. C.3)
-    preset: str = "tiny"
+    bf16: bool = flag(False, "autocast in bf16 (master weights stay float32)")
+    gradient_checkpointing: bool = flag(False, "recompute activations in the backward pass")
+    reward_workers: int = flag(0, "0: score in this process (1 s CPU-time deadline per call); "
+                                  "N: a pool of N isolated workers")
+    eval_every: int = flag(10, "measure held-out accuracy every N steps (and at the end)")
+    save_every: int = flag(10, "checkpoint every N steps (and at the end; 0: never)")
+    keep_checkpoints: int = flag(2, "keep the newest N checkpoints")
+    seed: int = flag(0, "seed of the data order, sampling and the random credit")
+    out: str | None = flag(None, "the run folder (None: runs/<preset>-<credit>-seed<seed>)")
+    resume: bool = flag(False, "continue from the newest checkpoint of the run folder")
+    overwrite: bool = flag(False, "delete the run folder's checkpoints and start over")
+    plot_ema: float | None = flag(None, "smooth curves.png with the paper's peak-tracking EMA of "
+                                        "this alpha (App. C.3)")
+    preset: str = flag("tiny", "a named set of defaults (config.PRESETS)")
 
 
 _QWEN3_MATH = dict(
@@ -105,43 +123,56 @@ PRESETS: dict[str, dict] = {
                              steps=500),
     # Train and held-out sets are disjoint (App. C.3: TinyZero's train/test protocol, CrossThinkQA's
     # official partition). Countdown: TinyZero's train split; held out: the first 1000 rows of its
-    # test split (both shipped in ../shared/benchmarks). CrossThinkQA: ROLL's training file, which
-    # is not shipped (data.BENCHMARKS["crossthinkqa-train"] says where to get it; without it the
-    # run refuses to start); held out: the shipped 811-row sample, whose rows train.py drops from
-    # the training file (data.without_overlap).
+    # test split. CrossThinkQA: held out, the first 811 rows of ROLL's processed file (our
+    # sample); trained on, the rows after them (data.BENCHMARKS, read from --data-dir or the
+    # file's public URL); train.py also drops training rows whose prompt is held out
+    # (data.without_overlap).
     "qwen3-4b-countdown": dict(_QWEN3_4B, data="countdown-train", eval_data="countdown",
                                eval_limit=1000),
     "qwen3-4b-crossthinkqa": dict(_QWEN3_4B, data="crossthinkqa-train", eval_data="crossthinkqa"),
 }
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written; every flag's help followed by its default."""
+
+
 def parse_args(argv: list[str] | None = None, description: str | None = None) -> Config:
-    """Config from the command line: --preset sets the defaults, every field is a flag over them."""
+    """Config from the command line: --preset sets the defaults, every field is a flag over them.
+
+    --help lists the defaults of the preset given (`--preset P --help`); --show-config prints the
+    resolved configuration as JSON and exits.
+    """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     known, _ = pre.parse_known_args(argv)
     defaults = dataclasses.asdict(Config()) | PRESETS[known.preset] | {"preset": known.preset}
 
-    ap = argparse.ArgumentParser(description=description,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
-                    help="a named set of defaults")
+    ap = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter,
+                                 epilog=f"The defaults shown are those of --preset {known.preset}.")
     choices = {"credit": sorted(credit.CREDIT_STRATEGIES), "template": list(data.TEMPLATES),
-               "aggregation": ["seq-mean", "token-mean"],
+               "aggregation": ["seq-mean", "token-mean"], "preset": sorted(PRESETS),
                "answer_fallback": list(rewards.FALLBACKS)}
+    ap.add_argument("--show-config", action="store_true",
+                    help="print the resolved configuration (preset, then flags) as JSON and exit")
     for f in dataclasses.fields(Config):
-        if f.name == "preset":
-            continue
-        flag, default = "--" + f.name.replace("_", "-"), defaults[f.name]
+        flag, default, text = "--" + f.name.replace("_", "-"), defaults[f.name], f.metadata["help"]
         if f.type == "bool":
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                            help=text)
         elif f.name == "layers":
-            ap.add_argument(flag, type=_int_list, default=default,
-                            help="comma-separated layer indices")
+            ap.add_argument(flag, type=_int_list, default=default, help=text)
         else:
             ap.add_argument(flag, type=_parser_of(f.type), default=default,
-                            choices=choices.get(f.name))
-    return Config(**vars(ap.parse_args(argv)))
+                            choices=choices.get(f.name), help=text)
+    args = vars(ap.parse_args(argv))
+    show = args.pop("show_config")
+    cfg = Config(**args)
+    if show:
+        print(json.dumps(dataclasses.asdict(cfg), indent=2))
+        raise SystemExit(0)
+    return cfg
 
 
 def _int_list(text: str) -> list[int]:

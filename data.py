@@ -2,16 +2,21 @@
 
 Every source becomes a list of `Example(prompt, gold, kind, id)`: a local .jsonl file (the format
 given or guessed), a benchmark name of BENCHMARKS, or a synthetic task of tasks.py ("arith").
+train.py, eval.py and analyze.py name their sources the same way and read them with load_source,
+under the same flags (DATA_FLAGS). `python data.py fetch --out DIR` downloads every benchmark into
+DIR, for `--data-dir DIR`.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ class Example:
 
 
 # ---------------------------------------------------------------------------------------------
-# Benchmark files: one Format per row shape in ../shared/benchmarks (see its PROVENANCE.md)
+# Benchmark files: one Format per row shape of a benchmark's file (ours, or as the hub has it)
 
 # the paper's (App. C.3)
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -47,10 +52,11 @@ class Format:
     """How to read one JSONL row shape into an Example.
 
     prompt_field: dotted path of the question text ("prompt.0.content":
-                  row["prompt"][0]["content"]).
-    gold:         dotted path of the gold answer. A field named `answer` or `solution` goes
-                  through rewards.gold_of, which knows GSM8K's "... #### 18" and a worked
-                  solution's last \\boxed{}.
+                  row["prompt"][0]["content"]); "a|b": path a, else path b (the same benchmark
+                  in the shape of our file | of its hub copy, which `fetch` writes).
+    gold:         dotted path(s) of the gold answer, the same way. A field named `answer` or
+                  `solution` goes through rewards.gold_of, which knows GSM8K's "... #### 18" and
+                  a worked solution's last \\boxed{}.
     instruction:  appended to the question after a newline; None when the stored prompt carries
                   its own (Countdown's TinyZero prompt, CrossThinkQA's).
     """
@@ -66,15 +72,17 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("gsm8k", "math", "question", "answer"),  # answer: "...\n#### 18"
     Format("math500", "math", "problem", "answer"),
     Format("aime24", "math", "problem", "answer"),
-    Format("aime25", "math", "prompt.0.content", "reward_model.ground_truth"),  # verl-style rows
+    # verl-style rows | math-ai/aime25's
+    Format("aime25", "math", "prompt.0.content|problem", "reward_model.ground_truth|answer"),
     Format("amc23", "math", "question", "answer"),  # answer is a float (27.0)
     Format("olympiadbench", "math", "question", "final_answer"),  # final_answer is a list
-    Format("minerva", "math", "problem", "solution"),  # gold: the last \boxed{} of the solution
+    # gold: the last \boxed{} of the solution | math-ai/minervamath's question and answer
+    Format("minerva", "math", "problem|question", "solution|answer"),
     # gold: {"numbers", "target"}
     Format("countdown", "countdown", "prompt.0.content", "reward_model.ground_truth", None),
     Format("crossthinkqa", "choice", "prompt", "ground_truth", None),  # gold: "F: option text"
-    # DAPO-Math-17K, template removed
-    Format("dapo", "math", "prompt.0.content", "reward_model.ground_truth"),
+    # DAPO-Math-17K, template removed | open-r1's processed copy (the prompt a string)
+    Format("dapo", "math", "prompt.0.content|prompt", "reward_model.ground_truth"),
 ]}
 FIELD_NAMES = ("prompt", "gold")  # the keys of load_examples(fields=...)
 
@@ -115,41 +123,41 @@ def _get(row: dict, path: str) -> Any:
     return value
 
 
-def _field(row: dict, path: str, where: str) -> Any:
-    try:
-        value = _get(row, path)
-    except _Missing:
-        raise ValueError(
-            f"{where}: missing field {path!r} (the row has keys {sorted(row)})"
-        ) from None
-    if value is None:
-        raise ValueError(f"{where}: field {path!r} is null")
-    return value
+def _field(row: dict, paths: str, where: str) -> tuple[Any, str]:
+    """(value, its path) at the first of the paths "a|b" that the row has."""
+    for path in paths.split("|"):
+        try:
+            value = _get(row, path)
+        except _Missing:
+            continue
+        if value is None:
+            raise ValueError(f"{where}: field {path!r} is null")
+        return value, path
+    wanted = " or ".join(repr(p) for p in paths.split("|"))
+    raise ValueError(f"{where}: missing field {wanted} (the row has keys {sorted(row)})")
 
 
 def _example(row: dict, fmt: Format, where: str) -> Example:
     """One row as an Example; the gold is checked against rewards.REWARDS[fmt.kind] right away."""
-    question = _field(row, fmt.prompt_field, where)
+    question, path = _field(row, fmt.prompt_field, where)
     if not isinstance(question, str) or not question.strip():
-        raise ValueError(
-            f"{where}: field {fmt.prompt_field!r} must be a non-empty string, got {question!r}"
-        )
+        raise ValueError(f"{where}: field {path!r} must be a non-empty string, got {question!r}")
     if fmt.instruction is None or fmt.instruction in question:
         prompt = question
     else:
         prompt = f"{question}\n{fmt.instruction}"
-    gold = _field(row, fmt.gold, where)
-    leaf = fmt.gold.rsplit(".", 1)[-1]
+    gold, path = _field(row, fmt.gold, where)
+    leaf = path.rsplit(".", 1)[-1]
     if leaf in ("answer", "solution"):
         try:
             gold = rewards.gold_of({leaf: gold})
-        except KeyError:
-            raise ValueError(f"{where}: field {fmt.gold!r} holds no \\boxed{{}} answer") from None
+        except (KeyError, TypeError):  # TypeError: a `solution` that is not text
+            raise ValueError(f"{where}: field {path!r} holds no \\boxed{{}} answer") from None
     try:
         rewards.REWARDS[fmt.kind]("", gold)  # an empty response: scores 0, but a bad gold raises
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
-            f"{where}: field {fmt.gold!r} is not a {fmt.kind} gold ({type(e).__name__}: {e})"
+            f"{where}: field {path!r} is not a {fmt.kind} gold ({type(e).__name__}: {e})"
         ) from None
     return Example(prompt=prompt, gold=gold, kind=fmt.kind, id=where)
 
@@ -160,14 +168,16 @@ def _with_fields(fmt: Format, fields: dict[str, str] | None) -> Format:
         return fmt
     unknown = sorted(set(fields) - set(FIELD_NAMES))
     if unknown:
-        raise ValueError(f"fields: unknown key(s) {unknown}; valid keys: {list(FIELD_NAMES)}")
+        raise ValueError(f"--data-fields: unknown key(s) {unknown}; valid keys: "
+                         f"{list(FIELD_NAMES)}")
     return dataclasses.replace(fmt, prompt_field=fields.get("prompt", fmt.prompt_field),
                                gold=fields.get("gold", fmt.gold))
 
 
 def _check_format(name: str) -> Format:
     if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; valid formats: {sorted(FORMATS)}")
+        raise ValueError(f"--data-format: unknown format {name!r}; valid formats: "
+                         f"{sorted(FORMATS)}")
     return FORMATS[name]
 
 
@@ -189,12 +199,12 @@ def guess_format(path: str | Path, row: dict, fields: dict[str, str] | None = No
     if readings and len(set(readings.values())) == 1:
         return next(iter(readings))
     if not readings:
-        why = "no format reads its first row"
+        why = f"no format reads its first row, which has keys {sorted(row)}"
     else:
-        why = f"formats {sorted(readings)} read it differently"
-    raise ValueError(
-        f"{Path(path).name}: cannot guess the format ({why}); pass one of {sorted(FORMATS)}"
-    )
+        why = f"formats {sorted(readings)} read its first row differently"
+    raise ValueError(f"{Path(path).name}: cannot guess the format ({why}); name your fields with "
+                     "--data-fields prompt=KEY,gold=KEY, or the format with --data-format "
+                     f"({', '.join(FORMATS)})")
 
 
 def _examples(rows: Iterable[tuple[str, dict]], fmt: Format, limit: int | None) -> list[Example]:
@@ -223,16 +233,18 @@ def load_jsonl(path: str | Path, format: str | None = None, *, limit: int | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Benchmarks by name: a local copy (--data-dir) or the Hugging Face hub
+# Benchmarks by name: a local copy (--data-dir) or their public source
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A named benchmark: where the hub keeps it and what our local copy is called.
+    """A named benchmark: its public source and what the local copy is called.
 
-    hub_fields maps our field names onto the hub rows where they differ from the local file's
-    shape; hub_id None: no hub copy has this shape (the local file is needed, and `get` says
-    where to find it).
+    The source is `datasets.load_dataset(hub_id, config, split=split)`, or for a benchmark that
+    lives in a GitHub repository (hub_id None) the file at `url`, read with datasets' json or
+    parquet loader. `fetch` writes the source's rows unchanged to DIR/<file>; our own copies (the
+    project's developer folder ../shared/benchmarks, see its PROVENANCE.md) have the same names,
+    and `format` reads both shapes.
     """
 
     hub_id: str | None
@@ -240,50 +252,50 @@ class Benchmark:
     split: str
     format: str
     file: str
-    hub_fields: dict[str, str] | None = None
-    get: str | None = None
+    url: str | None = None
+
+    @property
+    def source(self) -> str:
+        return self.hub_id or self.url
 
 
+_GITHUB = "https://github.com/{}/raw/{}/{}"
+_TINYZERO = ("Jiayi-Pan/TinyZero", "c5cdbbe253b9db880f3e7ff17a161cbd0d8b42b0")
+_CROSSTHINK = ("Vision-CAIR/Freshness-Aware-PER", "dbb91df453bdb2f2d70e92cc23582cfac0d39b66",
+               "data/general_CrossThink-QA_deal.jsonl")
 # Hub ids and row fields as used by public eval loaders (not checked against the hub here: no
 # internet): openai/gsm8k, HuggingFaceH4/MATH-500, HuggingFaceH4/aime_2024 (problem, answer),
 # math-ai/aime25 (problem, answer), math-ai/amc23 (question, answer), math-ai/minervamath
 # (question, answer), math-ai/olympiadbench (question, final_answer; 674 rows said to be text-only
 # English, our file has 675 -- the exact subset is unverified). open-r1/DAPO-Math-17k-Processed
 # ("en", deduplicated) keeps reward_model (its create_dataset.py); whether its `prompt` still
-# carries DAPO's own "Answer: $Answer" instruction is unverified: prefer --data-dir with our file.
-_TINYZERO = ("shipped in ../shared/benchmarks (PROVENANCE.md); or run TinyZero's "
-             "examples/data_preprocess/countdown.py (github.com/Jiayi-Pan/TinyZero, data from the "
-             "hub's Jiayi-Pan/Countdown-Tasks-3to4) and convert its parquet files to JSONL")
-_ROLL_CROSSTHINKQA = ("save ROLL's data/general_CrossThink-QA_deal.jsonl (github.com/alibaba/ROLL; "
-                      "processed from the hub's nvidia/Nemotron-CrossThink) as "
-                      "crossthinkqa_roll_train.jsonl; train.py drops its rows that are also in "
-                      "the held-out crossthinkqa_roll_sample811.jsonl (its first 811 rows)")
+# carries DAPO's own "Answer: $Answer" instruction is unverified: prefer our file where you have it.
 BENCHMARKS: dict[str, Benchmark] = {
     "gsm8k": Benchmark("openai/gsm8k", "main", "test", "gsm8k", "gsm8k_test.jsonl"),
     "math500": Benchmark("HuggingFaceH4/MATH-500", None, "test", "math500", "math500_test.jsonl"),
     "aime24": Benchmark("HuggingFaceH4/aime_2024", None, "train", "aime24", "aime24_test.jsonl"),
-    "aime25": Benchmark("math-ai/aime25", None, "test", "aime25", "aime25_test.jsonl",
-                        {"prompt": "problem", "gold": "answer"}),
+    "aime25": Benchmark("math-ai/aime25", None, "test", "aime25", "aime25_test.jsonl"),
     "amc23": Benchmark("math-ai/amc23", None, "test", "amc23", "amc23_test.jsonl"),
     "olympiadbench": Benchmark("math-ai/olympiadbench", None, "test", "olympiadbench",
                                "olympiadbench_test.jsonl"),
-    "minerva": Benchmark("math-ai/minervamath", None, "test", "minerva", "minerva_math_test.jsonl",
-                         {"prompt": "question", "gold": "answer"}),
+    "minerva": Benchmark("math-ai/minervamath", None, "test", "minerva", "minerva_math_test.jsonl"),
     # TinyZero builds its prompts from Jiayi-Pan/Countdown-Tasks-3to4
-    # (examples/data_preprocess/countdown.py); our files are that script's train and test splits
-    # (8001 and 2001 rows, no prompt in both). CrossThinkQA is ROLL's processed version of
-    # nvidia/Nemotron-CrossThink: our file is the first 811 rows of ROLL's training file.
-    "countdown": Benchmark(None, None, "test", "countdown", "countdown_tinyzero_test.jsonl",
-                           get=_TINYZERO),
+    # (examples/data_preprocess/countdown.py); the sources are that script's test (2001 rows) and
+    # train (8001 rows) splits as TinyZero's unmerged PR 93 stores them. CrossThinkQA is ROLL's
+    # processed sample of nvidia/Nemotron-CrossThink: the held-out set is its first 811 rows, the
+    # training set the rows after them. The URLs are our copies' sources (PROVENANCE.md), not
+    # downloaded from here (no internet). The parquet and json loaders call every file "train".
+    "countdown": Benchmark(None, None, "train", "countdown", "countdown_tinyzero_test.jsonl",
+                           _GITHUB.format(*_TINYZERO, "data/countdown/test.parquet")),
     "countdown-train": Benchmark(None, None, "train", "countdown",
-                                 "countdown_tinyzero_train.jsonl", get=_TINYZERO),
-    "crossthinkqa": Benchmark(None, None, "test", "crossthinkqa",
-                              "crossthinkqa_roll_sample811.jsonl", get=_ROLL_CROSSTHINKQA),
-    "crossthinkqa-train": Benchmark(None, None, "train", "crossthinkqa",
-                                    "crossthinkqa_roll_train.jsonl", get=_ROLL_CROSSTHINKQA),
+                                 "countdown_tinyzero_train.jsonl",
+                                 _GITHUB.format(*_TINYZERO, "data/countdown/train.parquet")),
+    "crossthinkqa": Benchmark(None, None, "train[:811]", "crossthinkqa",
+                              "crossthinkqa_roll_sample811.jsonl", _GITHUB.format(*_CROSSTHINK)),
+    "crossthinkqa-train": Benchmark(None, None, "train[811:]", "crossthinkqa",
+                                    "crossthinkqa_roll_train.jsonl", _GITHUB.format(*_CROSSTHINK)),
     "dapo": Benchmark("open-r1/DAPO-Math-17k-Processed", "en", "train", "dapo",
-                      "dapo_math_17k.jsonl",
-                      {"prompt": "prompt", "gold": "reward_model.ground_truth"}),
+                      "dapo_math_17k.jsonl"),
 }
 
 
@@ -300,27 +312,28 @@ def benchmark_names() -> list[str]:
     return sorted(_synthetic()) + sorted(BENCHMARKS)
 
 
-def _load_hub(name: str, bench: Benchmark, limit: int | None, why_not_local: str) -> list[Example]:
-    if bench.hub_id is None:
-        where = f" (where to get it: {bench.get})" if bench.get else ""
-        raise FileNotFoundError(f"benchmark {name!r}: {why_not_local}, and it has no hub copy in "
-                                f"this row shape: pass --data-dir DIR holding {bench.file}{where}")
+def _source_rows(name: str, bench: Benchmark, why: str):
+    """The rows of a benchmark's public source (an iterable of dicts), read with `datasets`."""
     try:
         import datasets
     except ImportError:
-        raise ImportError(f"benchmark {name!r}: {why_not_local}; loading {bench.hub_id} from the "
-                          "hub needs the `datasets` library: pip install datasets, or pass "
-                          f"--data-dir DIR holding {bench.file} or a local JSONL path") from None
+        raise ImportError(f"benchmark {name!r}: {why}; loading {bench.source} needs the "
+                          "`datasets` library: pip install datasets, or pass --data-dir DIR "
+                          f"holding {bench.file} (python data.py fetch --out DIR writes it) or a "
+                          "local JSONL path") from None
+    path = bench.hub_id
+    if path is None:
+        path = "parquet" if bench.url.endswith(".parquet") else "json"
     try:
-        rows = datasets.load_dataset(bench.hub_id, bench.config, split=bench.split)
+        return datasets.load_dataset(path, bench.config, data_files=bench.url, split=bench.split)
     except Exception as e:  # no network, no such dataset, ...: the hub's own exception types vary
-        raise RuntimeError(f"benchmark {name!r}: {why_not_local}, and loading {bench.hub_id} "
-                           f"(config {bench.config}, split {bench.split}) from the hub failed: "
-                           f"{type(e).__name__}: {e}. "
-                           f"Offline? pass --data-dir DIR holding {bench.file}") from e
-    fmt = _with_fields(FORMATS[bench.format], bench.hub_fields)
-    numbered = ((f"{bench.hub_id}:{i + 1}", row) for i, row in enumerate(rows))
-    return _examples(numbered, fmt, limit)
+        raise OSError(f"benchmark {name!r}: {why}, and loading {bench.source} (config "
+                      f"{bench.config}, split {bench.split}) failed: {type(e).__name__}: {e}. "
+                      f"Offline? pass --data-dir DIR holding {bench.file}") from e
+
+
+def _is_local(source: str) -> bool:
+    return source.endswith(".jsonl") or Path(source).is_file()
 
 
 def load_examples(source: str, format: str | None = None, *, limit: int | None = None,
@@ -331,12 +344,12 @@ def load_examples(source: str, format: str | None = None, *, limit: int | None =
 
     A path's format is `format`, else guessed (guess_format); `fields` maps our field names
     ("prompt", "gold") onto a user's JSONL. A benchmark is read from data_dir/<its file> when that
-    exists, else from the hub.
+    exists, else from its public source.
     limit: the first `limit` examples only.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    if source.endswith(".jsonl") or Path(source).is_file():
+    if _is_local(source):
         return load_jsonl(source, format, limit=limit, fields=fields)
     if format is not None or fields:
         raise ValueError(f"{source!r} is a benchmark name: format= and fields= apply to local "
@@ -350,7 +363,9 @@ def load_examples(source: str, format: str | None = None, *, limit: int | None =
     if data_dir is not None and (Path(data_dir) / bench.file).is_file():
         return load_jsonl(Path(data_dir) / bench.file, bench.format, limit=limit)
     why = "no data_dir given" if data_dir is None else f"{bench.file} is not in {data_dir}"
-    return _load_hub(source, bench, limit, why)
+    rows = _source_rows(source, bench, why)
+    numbered = ((f"{bench.source}:{i + 1}", row) for i, row in enumerate(rows))
+    return _examples(numbered, FORMATS[bench.format], limit)
 
 
 def prompt_content(prompt: str) -> str:
@@ -380,6 +395,93 @@ def without_overlap(train: list[Example], held_out: list[Example]) -> list[Examp
               f"held-out set and are left out of training ({pairs}"
               f"{', ...' if len(dropped) > 3 else ''})", file=sys.stderr)
     return kept
+
+
+# ---------------------------------------------------------------------------------------------
+# The data flags of every command (train.py, eval.py, analyze.py): one convention
+
+DATA_FLAGS = {
+    "data_format": "the row format of the local .jsonl files named (" + ", ".join(FORMATS)
+                   + "); default: the format named in the file name, else guessed from the first "
+                   "row",
+    "data_fields": "where our fields are in your .jsonl rows: prompt=KEY,gold=KEY (dotted paths; "
+                   "e.g. prompt=question,gold=final)",
+    "data_dir": "a folder holding benchmark files (python data.py fetch --out DIR writes one); a "
+                "benchmark name is read from there, else from its public source",
+}
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """--data-format, --data-fields and --data-dir, as train.py's Config has them."""
+    for name, text in DATA_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), default=None, help=text)
+
+
+def parse_fields(text: str | None) -> dict[str, str] | None:
+    """--data-fields "prompt=question,gold=final" -> {"prompt": "question", "gold": "final"}."""
+    if not text:
+        return None
+    pairs = [kv.split("=", 1) for kv in text.split(",")]
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise ValueError("--data-fields wants ours=theirs pairs, e.g. prompt=question,gold=final; "
+                         f"got {text!r}")
+    return dict(pairs)
+
+
+def load_source(source: str, data_format: str | None = None, data_fields: str | None = None,
+                data_dir: str | None = None, limit: int | None = None) -> list[Example]:
+    """The examples a command's source names, under the data flags: --data-format and
+    --data-fields describe every local .jsonl named (training and held-out alike), --data-dir is
+    where benchmark names are read from."""
+    if _is_local(source):
+        return load_examples(source, data_format, limit=limit, fields=parse_fields(data_fields))
+    return load_examples(source, limit=limit, data_dir=data_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# python data.py fetch: every benchmark into a local folder
+
+
+def fetch(names: Sequence[str], out: str | Path) -> list[Path]:
+    """Write each benchmark's rows, as its public source has them, to out/<its file>, once every
+    row has been read with its format (a source that changed shape fails here, naming the row)."""
+    out = Path(out)
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; valid: {sorted(BENCHMARKS)}")
+    try:
+        import datasets  # noqa: F401 (checked once, before any folder is made)
+    except ImportError:
+        raise ImportError("fetching the benchmarks needs the `datasets` library: "
+                          "pip install datasets") from None
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        bench = BENCHMARKS[name]
+        rows = [dict(row) for row in _source_rows(name, bench, "fetching it")]
+        _examples(((f"{bench.source}:{i + 1}", r) for i, r in enumerate(rows)),
+                  FORMATS[bench.format], None)
+        path, tmp = out / bench.file, out / f".{bench.file}.tmp"
+        with tmp.open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+        os.replace(tmp, path)  # a failed fetch never leaves half a file under the real name
+        print(f"wrote {path}: {len(rows)} rows of {bench.source}")
+        written.append(path)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="data.py", description="Fetch the benchmarks into a local "
+                                 "folder (for --data-dir), with the `datasets` library.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download benchmarks from their public sources",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--out", default="data", help="the folder to write the .jsonl files into")
+    f.add_argument("--benchmarks", default=",".join(BENCHMARKS),
+                   help="comma-separated names of data.BENCHMARKS")
+    args = ap.parse_args(argv)
+    fetch([b.strip() for b in args.benchmarks.split(",") if b.strip()], args.out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,3 +517,9 @@ def render_prompt(example_prompt: str, template: str) -> tuple[str, bool]:
     if template == "fewshot":
         return f"{FEWSHOT}User: {example_prompt}\n\nAssistant:", False
     raise ValueError(f"unknown template {template!r}; valid templates: {list(TEMPLATES)}")
+
+
+if __name__ == "__main__":
+    import cli
+
+    cli.run("data.py", main, sys.argv[1:])

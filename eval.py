@@ -4,7 +4,12 @@ benchmark, Table 2 style.
     python eval.py --model tiny/qwen3-arith --benchmarks arith --n 1 --temperature 0
     python eval.py --model Qwen/Qwen3-4B-Base \\
         --benchmarks aime24,aime25,amc23,math500,olympiadbench \\
-        --data-dir ../shared/benchmarks --n 4 --temperature 0.6 --top-p 0.95 --out results.json
+        --data-dir data --n 4 --temperature 0.6 --top-p 0.95 --out results.json
+    python eval.py --model runs/x/checkpoints/step-000100/model --benchmarks my_test.jsonl \\
+        --data-fields prompt=question,gold=final --n 1 --temperature 0
+
+Benchmarks are named as train.py names its data, under the same flags (--data-format,
+--data-fields, --data-dir; `python data.py fetch --out data` fills the folder).
 
 For each problem n responses are sampled (rollout.generate, no attention capture) and scored with
 the verifiable rewards of rewards.py. avg@n is the mean reward over all n samples of all problems;
@@ -28,6 +33,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
+import cli
 import data
 import rewards
 import rollout
@@ -165,26 +171,31 @@ def load_model(path: str):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="a local directory or a hub id")
+    return parser().parse_args(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a local model folder or a hub id")
     p.add_argument("--benchmarks", required=True,
                    help=f"comma-separated: {', '.join(data.benchmark_names())}, "
                         "or paths of local .jsonl files")
-    p.add_argument("--data-dir", default=None,
-                   help="directory with the benchmark files (else: the hub)")
-    p.add_argument("--format", default=None,
-                   help=f"format of local .jsonl files: {', '.join(data.FORMATS)}")
+    data.add_data_flags(p)
     p.add_argument("--n", type=int, default=4, help="samples per problem")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (needs --n 1)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--template", choices=data.TEMPLATES, default="chat")
+    p.add_argument("--top-p", type=float, default=0.95,
+                   help="nucleus sampling: keep the tokens of the top-p probability mass")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="the longest response")
+    p.add_argument("--template", choices=data.TEMPLATES, default="chat",
+                   help="chat (the tokenizer's chat template) or fewshot (the paper's few-shot "
+                        "prompt, for base models)")
     p.add_argument("--limit", type=int, default=None, help="first K problems of each benchmark")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
     p.add_argument("--out", default=None,
                    help="write a JSON with the figures, the args and every response")
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (set per benchmark)")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -193,21 +204,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     keys = [Path(b).stem if b.endswith(".jsonl") else b for b in names]
     unknown = [b for b in names if not b.endswith(".jsonl") and b not in data.benchmark_names()]
     if unknown or not names or len(set(keys)) < len(keys):
-        sys.exit(f"eval.py: error: unknown or repeated benchmark(s) in {names}; valid: "
-                 f"{data.benchmark_names()} or .jsonl paths with distinct names")
-    # settings and data are checked before the model loads: a typo fails in a second, not after
-    # minutes
-    try:
-        check_settings(args.n, args.temperature, args.top_p, args.batch_size, args.template)
-        sets = {key: data.load_examples(b, args.format if b.endswith(".jsonl") else None,
-                                        limit=args.limit, data_dir=args.data_dir)
-                for key, b in zip(keys, names)}
-    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-        sys.exit(f"eval.py: error: {e}")
+        raise ValueError(f"unknown or repeated benchmark(s) in {names}; valid: "
+                         f"{data.benchmark_names()} or .jsonl paths with distinct names")
+    # settings, model path and data are checked before the model loads: a typo fails in a
+    # second, not after minutes
+    check_settings(args.n, args.temperature, args.top_p, args.batch_size, args.template)
+    cli.check_model(args.model)
+    sets = {key: data.load_source(b, args.data_format, args.data_fields, args.data_dir,
+                                  limit=args.limit)
+            for key, b in zip(keys, names)}
     model, tokenizer = load_model(args.model)
     if args.template == "chat" and not tokenizer.chat_template:
-        sys.exit(f"eval.py: error: the tokenizer of {args.model} has no chat template: use "
-                 "--template fewshot (the paper's few-shot prompt for base models)")
+        raise ValueError(f"the tokenizer of {args.model} has no chat template: use "
+                         "--template fewshot (the paper's few-shot prompt for base models)")
+    cli.warn_unencodable("eval.py", tokenizer, dict(zip(names, sets.values())), args.model)
     results, start = {}, time.time()
     for name, examples in sets.items():
         set_seed(args.seed)  # each benchmark's samples do not depend on which ran before
@@ -228,4 +238,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run("eval.py", main, sys.argv[1:])

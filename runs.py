@@ -33,11 +33,26 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, out: Path, step:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
     lm = accelerator.unwrap_model(model).lm
+    tied = set(getattr(lm, "all_tied_weights_keys", None) or {})  # {"lm_head.weight"} if tied
+
+    def untied(state: dict) -> dict:
+        """The state without the tied copies (lm_head.weight is embed_tokens.weight): safetensors
+        stores a tensor once, and loading ties them again."""
+        return {k: v for k, v in state.items()
+                if k.removeprefix("module.").removeprefix("lm.") not in tied}
+
+    def drop_tied(models, weights, output_dir) -> None:  # accelerate's save_state pre-hook
+        weights[:] = [untied(w) for w in weights]
+
+    hook = accelerator.register_save_state_pre_hook(drop_tied)
+    try:
+        accelerator.save_state(str(tmp / "state"))
+    finally:
+        hook.remove()
     state = accelerator.get_state_dict(model)  # full weights, also under FSDP / ZeRO-3
     if accelerator.is_main_process:
-        lm_state = {k.removeprefix("lm."): v for k, v in state.items()}
+        lm_state = {k.removeprefix("lm."): v for k, v in untied(state).items()}
         lm.save_pretrained(tmp / "model", state_dict=lm_state)
         tokenizer.save_pretrained(tmp / "model")
         (tmp / "step.json").write_text(json.dumps({"step": step}))

@@ -40,6 +40,7 @@ from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import cli
 import credit
 import data
 import distributed
@@ -88,7 +89,7 @@ def load_for_training(cfg: Config, device: torch.device):
         raise SystemExit(f"{cfg.model}: cannot load with attn_implementation='sdpa', which the "
                          f"attention capture of rollout.py needs ({e})") from e
     if cfg.credit in credit.ATTENTION_STRATEGIES:
-        rollout.resolve_layers(model, cfg.layers)  # a bad --layers fails now, not after a rollout
+        cli.check_layers(model, cfg.layers)  # a bad --layers fails now, not after a rollout
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.to(device), tokenizer
@@ -98,19 +99,13 @@ def training_examples(cfg: Config) -> list[data.Example]:
     """The training set. A synthetic task (tasks.TASKS) draws problems outside its held-out set."""
     if cfg.data in tasks.TASKS:
         return tasks.TASKS[cfg.data].training(cfg.steps * cfg.prompts_per_step, cfg.seed)
-    fields = None
-    if cfg.data_fields:
-        pairs = [kv.split("=", 1) for kv in cfg.data_fields.split(",")]
-        if any(len(p) != 2 for p in pairs):
-            raise ValueError("--data-fields wants ours=theirs pairs, e.g. "
-                             f"prompt=question,gold=final; got {cfg.data_fields!r}")
-        fields = dict(pairs)
-    return data.load_examples(cfg.data, cfg.data_format, fields=fields, data_dir=cfg.data_dir)
+    return data.load_source(cfg.data, cfg.data_format, cfg.data_fields, cfg.data_dir)
 
 
 def held_out_examples(cfg: Config) -> list[data.Example]:
-    """The held-out set (--data-format and --data-fields describe the training file only)."""
-    return data.load_examples(cfg.eval_data, limit=cfg.eval_limit, data_dir=cfg.data_dir)
+    """The held-out set (--data-format and --data-fields describe every local file named)."""
+    return data.load_source(cfg.eval_data, cfg.data_format, cfg.data_fields, cfg.data_dir,
+                            limit=cfg.eval_limit)
 
 
 def examples_for_step(examples: list, step: int, n: int, seed: int) -> list:
@@ -338,6 +333,8 @@ def held_out_accuracy(cfg: Config, accelerator: Accelerator, model, tokenizer, e
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv, description=__doc__)
+    cli.check_gpu(cfg.preset, cfg.model, PRESETS)
+    cli.check_model(cfg.model)
     out = Path(cfg.out or ROOT / "runs" / f"{cfg.preset}-{cfg.credit}-seed{cfg.seed}")
     accelerator = distributed.make_accelerator(cfg.bf16)
     if cfg.prompts_per_step % accelerator.num_processes:
@@ -349,23 +346,25 @@ def main(argv: list[str] | None = None) -> dict:
                          "--overwrite to start over, or --out for a new run folder")
     if cfg.resume and last is None:
         raise SystemExit(f"--resume: no checkpoint in {out}/checkpoints")
+    set_seed(cfg.seed, device_specific=True)
+
+    # data first: a broken file fails in a second, not after the model has loaded
+    eval_examples = held_out_examples(cfg)
+    train_examples = data.without_overlap(training_examples(cfg), eval_examples)
+    kinds = {e.kind for e in train_examples}
+    if len(kinds) != 1:
+        raise SystemExit(f"{cfg.data}: training examples mix reward kinds {sorted(kinds)}")
+    lm, tokenizer = load_for_training(cfg, accelerator.device)
+    if accelerator.is_main_process:
+        cli.warn_unencodable("train.py", tokenizer,
+                             {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
+    # the run folder appears once the run can start
     if cfg.overwrite and accelerator.is_main_process:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    set_seed(cfg.seed, device_specific=True)
-
-    try:  # data first: a broken file fails in a second, not after the model has loaded
-        eval_examples = held_out_examples(cfg)
-        train_examples = data.without_overlap(training_examples(cfg), eval_examples)
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
-        raise SystemExit(f"train.py: {e}") from e
-    kinds = {e.kind for e in train_examples}
-    if len(kinds) != 1:
-        raise SystemExit(f"{cfg.data}: training examples mix reward kinds {sorted(kinds)}")
-    lm, tokenizer = load_for_training(cfg, accelerator.device)
     policy = Policy(lm, cfg.temperature)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
@@ -388,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
         log.write({"step": 0, "eval_accuracy": first_eval})
     accuracy = first_eval
     bar = tqdm(range(start, cfg.steps), desc="train", disable=not accelerator.is_main_process,
-               dynamic_ncols=True)
+               dynamic_ncols=True, initial=start, total=cfg.steps)  # a resumed run counts on
     for step in bar:
         record = train_step(cfg, accelerator, model, optimizer, tokenizer, train_examples, step)
         record["lr"] = scheduler.get_last_lr()[0]
@@ -411,4 +410,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    cli.run("train.py", main, sys.argv[1:])

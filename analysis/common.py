@@ -19,16 +19,18 @@ from tasks import ArithmeticTask
 
 
 def read_prompts(prompt: str | None, prompts: str | None, problems: int, seed: int,
-                 data_dir: str | None = None, format: str | None = None) -> list[Example]:
+                 data_dir: str | None = None, data_format: str | None = None,
+                 data_fields: str | None = None) -> list[Example]:
     """--prompt TEXT, or --prompts SOURCE, or the tiny arithmetic task (`problems` drawn with
     `seed`).
 
-    SOURCE is a benchmark name of data.BENCHMARKS (read from data_dir/<its file>, e.g.
-    `--prompts gsm8k --data-dir ../shared/benchmarks`, else from the hub), a benchmark-format JSONL
-    (data.FORMATS: `format`, else guessed from the file name or its first row), or a JSONL with a
-    "prompt" and an optional "gold" field. From a source, a random sample of `problems` examples
-    drawn with `seed` (App. E.1: "we randomly sampled 500 instances"), in the source's order; all
-    of them when it holds fewer.
+    SOURCE is read as train.py reads --data (data.load_source, under the same --data-dir,
+    --data-format and --data-fields flags): a benchmark name of data.BENCHMARKS (read from
+    data_dir/<its file>, e.g. `--prompts gsm8k --data-dir data`, else from its source), a JSONL
+    (data.FORMATS: `data_format`, else guessed from the file name or its first row; your own field
+    names through `data_fields`), or here also a JSONL with a "prompt" and an optional "gold".
+    From a source, a random sample of `problems` examples drawn with `seed` (App. E.1: "we
+    randomly sampled 500 instances"), in the source's order; all of them when it holds fewer.
     """
     if prompt is not None:
         return [Example(prompt=prompt, gold=None, id="cli")]
@@ -36,25 +38,26 @@ def read_prompts(prompt: str | None, prompts: str | None, problems: int, seed: i
         return ArithmeticTask().examples(problems, seed)
     if problems < 1:
         raise ValueError(f"--problems must be >= 1, got {problems}")
-    examples = _load_source(prompts, data_dir, format)
+    examples = _load_source(prompts, data_dir, data_format, data_fields)
     keep = sorted(random.Random(seed).sample(range(len(examples)), min(problems, len(examples))))
     return [examples[i] for i in keep]
 
 
-def _load_source(source: str, data_dir: str | None, format: str | None) -> list[Example]:
+def _load_source(source: str, data_dir: str | None, data_format: str | None,
+                 data_fields: str | None) -> list[Example]:
     """Every example of --prompts SOURCE (see read_prompts)."""
     path = Path(source)
-    if format is None and path.is_file():
+    if data_format is None and data_fields is None and path.is_file():
         first = next(read_jsonl(path), None)
         if first is None:
             raise ValueError(f"{source} holds no prompts")
         try:
-            format = data.guess_format(path, first[1])
+            data.guess_format(path, first[1])  # a format reads it: data.load_source below
         except ValueError:
             if not isinstance(first[1].get("prompt"), str):
                 raise
             return _plain_prompts(path)
-    return data.load_examples(source, format, data_dir=data_dir)
+    return data.load_source(source, data_format, data_fields, data_dir)
 
 
 def _plain_prompts(path: Path) -> list[Example]:

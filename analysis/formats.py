@@ -224,7 +224,7 @@ def formats_table(accuracy: dict[str, float], overlap: dict[str, dict]) -> str:
 def run_formats(args, model, tokenizer) -> None:
     """`analyze.py formats`: Table 11a on stdout."""
     examples = read_prompts(None, args.prompts, args.problems, args.seed, args.data_dir,
-                            args.format)
+                            args.data_format, args.data_fields)
     require_math(examples, "formats")
     if any(e.gold is None for e in examples):
         raise ValueError("formats grades each answer form: every prompt needs a gold")

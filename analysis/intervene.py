@@ -268,7 +268,7 @@ def run_intervene(args, model, tokenizer) -> None:
     runs = {}
     for seed in args.seeds or [args.seed]:
         examples = read_prompts(None, args.prompts, args.problems, seed, args.data_dir,
-                                args.format)
+                                args.data_format, args.data_fields)
         s0 = time.time()
         res, skipped = intervene(model, tokenizer, examples, seed, args.ratio, args.temperature,
                                  args.max_new_tokens, args.layers, setup=args.prompt_setup)

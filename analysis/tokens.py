@@ -104,7 +104,7 @@ def tokens_chart(stats: TokenStats, path: str | Path, top: int = 15) -> None:
 def run_tokens(args, model, tokenizer) -> None:
     """`analyze.py tokens`: the table on stdout, the chart in --png."""
     examples = read_prompts(None, args.prompts, args.problems, args.seed, args.data_dir,
-                            args.format)
+                            args.data_format, args.data_fields)
     stats = token_stats(model, tokenizer, examples, args.ratio, args.temperature,
                         args.max_new_tokens, layers=args.layers, after_answer=args.after_answer,
                         seed=args.seed, setup=args.prompt_setup)

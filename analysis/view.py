@@ -184,7 +184,8 @@ def screenshot(page: str | Path, png: str | Path, width: int = 1000, height: int
 def run_view(args, model, tokenizer) -> None:
     """`analyze.py view`: one sequence (greedy, or --response teacher-forced) -> --out, --png,
     --screenshot."""
-    examples = read_prompts(args.prompt, args.prompts, 1, args.seed, args.data_dir, args.format)
+    examples = read_prompts(args.prompt, args.prompts, 1, args.seed, args.data_dir,
+                            args.data_format, args.data_fields)
     if args.response is not None:
         ro = teacher_forced(model, tokenizer, [examples[0].prompt], [args.response], args.layers,
                             args.prompt_setup)

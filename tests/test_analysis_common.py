@@ -52,7 +52,7 @@ def test_read_prompts_from_a_benchmark_file(tmp_path):
     f = tmp_path / "mine.jsonl"
     rows = [{"question": f"Q{i}?", "answer": f"work\n#### {i}"} for i in range(3)]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ex = read_prompts(None, str(f), 10, 0, format="gsm8k")
+    ex = read_prompts(None, str(f), 10, 0, data_format="gsm8k")
     assert [(e.prompt, e.gold) for e in ex] == [(f"Q{i}?\n{MATH_INSTRUCTION}", str(i))
                                                 for i in range(3)]
     (tmp_path / "gsm8k_small.jsonl").write_text(f.read_text())         # format from the file name
@@ -60,6 +60,22 @@ def test_read_prompts_from_a_benchmark_file(tmp_path):
         Example(e.prompt, e.gold, "math", e.id.replace("mine", "gsm8k_small")) for e in ex]
     with pytest.raises(ValueError, match="unknown benchmark"):
         read_prompts(None, "gsm9k", 10, 0)
+
+
+def test_read_prompts_under_train_pys_data_flags(tmp_path):
+    """--data-fields maps your own keys, as for train.py's --data; a file no format reads and
+    without "prompt" names the flags that would read it."""
+    f = tmp_path / "my.jsonl"
+    f.write_text('{"question": "What is 2+2?", "final": "4"}\n{"question": "3+3?", "final": "6"}\n')
+    ex = read_prompts(None, str(f), 10, 0, data_fields="prompt=question,gold=final")
+    assert [(e.prompt, e.gold, e.id) for e in ex] == [
+        (f"What is 2+2?\n{MATH_INSTRUCTION}", "4", "my.jsonl:1"),
+        (f"3+3?\n{MATH_INSTRUCTION}", "6", "my.jsonl:2")]
+    with pytest.raises(ValueError, match=r"my.jsonl: cannot guess the format .*--data-fields"):
+        read_prompts(None, str(f), 10, 0)
+    with pytest.raises(ValueError, match=r"my.jsonl:2: missing field 'question'"):
+        f.write_text('{"question": "ok", "final": "1"}\n{"query": "no question"}\n')
+        read_prompts(None, str(f), 10, 0, data_fields="prompt=question,gold=final")
 
 
 @pytest.mark.skipif(not (BENCH / "gsm8k_test.jsonl").is_file(),

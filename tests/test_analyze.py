@@ -27,7 +27,7 @@ def test_subcommands_keep_their_flags_and_defaults():
     formats = ap.parse_args(["formats", "--layers", "1", "2"])
     assert formats.run is run_formats and formats.problems == 100 and formats.layers == [1, 2]
     assert formats.model == str(analyze.TINY) and formats.seed == 0
-    assert (formats.prompts, formats.data_dir, formats.format, formats.prompt_setup) == (
+    assert (formats.prompts, formats.data_dir, formats.data_format, formats.prompt_setup) == (
         None, None, None, "user")
     inter = ap.parse_args(["intervene", "--prompts", "gsm8k", "--data-dir", "d", "--prompt-setup",
                            "system"])

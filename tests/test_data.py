@@ -129,10 +129,27 @@ def test_rows_that_several_formats_read_alike_take_the_first_and_others_are_refu
     # disagree.
     row = dict(CASES["math500"][1], solution="$\\boxed{0.5}$")
     with pytest.raises(ValueError, match=r"rows.jsonl: cannot guess.*"
-                                         r"\['aime24', 'math500', 'minerva'\] read it diff"):
+                                         r"\['aime24', 'aime25', 'math500', 'minerva'\] read its"):
         data.guess_format(tmp_path / "rows.jsonl", row)
-    with pytest.raises(ValueError, match=r"rows.jsonl: cannot guess.*no format reads.*'countdown'"):
+    with pytest.raises(ValueError) as e:
         data.guess_format(tmp_path / "rows.jsonl", {"text": "hi", "label": 1})
+    assert str(e.value) == (
+        "rows.jsonl: cannot guess the format (no format reads its first row, which has keys "
+        "['label', 'text']); name your fields with --data-fields prompt=KEY,gold=KEY, or the "
+        "format with --data-format (gsm8k, math500, aime24, aime25, amc23, olympiadbench, "
+        "minerva, countdown, crossthinkqa, dapo)")
+
+
+def test_each_format_reads_the_rows_of_its_hub_copy_too(tmp_path):
+    """aime25, minerva and dapo rows as the hub has them (what `fetch` writes) read like ours."""
+    hub_rows = {"aime25": {"problem": "Find $6 \\cdot 7$.", "answer": "42", "id": 0},
+                "minerva": {"question": "What is $3 \\times 1.5$?", "answer": "4.5"},
+                "dapo": {"prompt": "Compute $2^5$.", "solution": "32",
+                         "reward_model": {"ground_truth": "32", "style": "rule"}}}
+    for name, row in hub_rows.items():
+        file, _, prompt, gold, _ = CASES[name]
+        path = write_jsonl(tmp_path / file, [row])
+        assert [(e.prompt, e.gold) for e in data.load_examples(str(path))] == [(prompt, gold)]
 
 
 def test_instruction_is_not_appended_twice(tmp_path):
@@ -232,8 +249,10 @@ def test_without_datasets_the_error_says_how_to_get_the_data(monkeypatch, tmp_pa
         data.load_examples("math500")
     with pytest.raises(ImportError, match=r"math500_test.jsonl is not in .*pip install datasets"):
         data.load_examples("math500", data_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"'countdown'.*no hub copy.*"
-                                                r"--data-dir DIR holding countdown_tinyzero"):
+    with pytest.raises(ImportError, match=r"'countdown'.*github.com/Jiayi-Pan/TinyZero/raw/.*"
+                                          r"test.parquet needs the `datasets` library.*"
+                                          r"--data-dir DIR holding countdown_tinyzero_test.jsonl "
+                                          r"\(python data.py fetch --out DIR writes it\)"):
         data.load_examples("countdown")
     # a split we do not ship: the error says where to get it
     with pytest.raises(FileNotFoundError, match=r"crossthinkqa_roll_train.jsonl.*alibaba/ROLL"):
@@ -267,25 +286,69 @@ def test_unreachable_hub_gives_a_clear_error(monkeypatch):
         raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub")
 
     monkeypatch.setitem(sys.modules, "datasets", fake_datasets(offline))
-    with pytest.raises(RuntimeError, match=r"'gsm8k'.*openai/gsm8k \(config main, split test\)"
-                                           r".*ConnectionError.*"
-                                           r"--data-dir DIR holding gsm8k_test.jsonl"):
+    with pytest.raises(OSError, match=r"'gsm8k'.*openai/gsm8k \(config main, split test\)"
+                                      r".*ConnectionError.*"
+                                      r"--data-dir DIR holding gsm8k_test.jsonl"):
         data.load_examples("gsm8k")
 
 
 def test_hub_rows_are_read_with_the_hub_field_names(monkeypatch):
     calls = []
 
-    def load_dataset(hub_id, config, split):
-        calls.append((hub_id, config, split))
+    def load_dataset(path, name=None, data_files=None, split=None):
+        calls.append((path, name, data_files, split))
         return [{"problem": f"Find {i}+{i}.", "answer": str(2 * i), "id": str(i)} for i in range(3)]
 
     monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
     examples = data.load_examples("aime25", limit=2)
-    assert calls == [("math-ai/aime25", None, "test")]
+    assert calls == [("math-ai/aime25", None, None, "test")]
     assert [(e.prompt, e.gold, e.id) for e in examples] == [
         ("Find 0+0." + INSTR, "0", "math-ai/aime25:1"),
         ("Find 1+1." + INSTR, "2", "math-ai/aime25:2")]
+
+
+# ---- python data.py fetch, offline: a fake `datasets` hands out rows shaped like each source's
+
+def source_rows(path: str, name=None, data_files=None, split=None) -> list[dict]:
+    """Two rows per benchmark, in the shape of its public source (the hub's, or our file's)."""
+    bench = next(b for b in data.BENCHMARKS.values() if b.source in (path, data_files))
+    rows = {"aime25": [{"problem": "Find $6 \\cdot 7$.", "answer": "42", "id": 0}],
+            "minerva": [{"question": "What is $3 \\times 1.5$?", "answer": "4.5"}],
+            "dapo": [{"prompt": "Compute $2^5$.", "solution": "32",
+                      "reward_model": {"ground_truth": "32", "style": "rule"}}]}
+    return rows.get(bench.format, [CASES[bench.format][1]]) * 2
+
+
+def test_fetch_writes_every_benchmark_where_data_dir_reads_it(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def load_dataset(path, name=None, data_files=None, split=None):
+        calls.append((path, name, data_files, split))
+        return source_rows(path, name, data_files, split)
+
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(load_dataset))
+    data.main(["fetch", "--out", str(tmp_path / "data")])
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(
+        b.file for b in data.BENCHMARKS.values())
+    assert ("openai/gsm8k", "main", None, "test") in calls
+    assert ("parquet", None, data.BENCHMARKS["countdown"].url, "train") in calls
+    assert ("json", None, data.BENCHMARKS["crossthinkqa"].url, "train[:811]") in calls
+    assert data.BENCHMARKS["countdown"].url.startswith("https://github.com/Jiayi-Pan/TinyZero/raw/")
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (f"wrote {tmp_path / 'data' / 'gsm8k_test.jsonl'}: 2 rows of "
+                          "openai/gsm8k")
+    for name, bench in data.BENCHMARKS.items():  # rows unchanged, and --data-dir reads them
+        written = [row for _, row in data.read_jsonl(tmp_path / "data" / bench.file)]
+        assert written == source_rows(bench.source, data_files=bench.url)
+        examples = data.load_examples(name, data_dir=tmp_path / "data")
+        expected = CASES[bench.format]
+        assert [(e.prompt, e.gold) for e in examples] == [(expected[2], expected[3])] * 2
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets(lambda *a, **k: [{"x": 1}]))
+    with pytest.raises(ValueError, match=r"^openai/gsm8k:1: missing field 'question'"):
+        data.fetch(["gsm8k"], tmp_path / "changed")
+    assert not (tmp_path / "changed" / "gsm8k_test.jsonl").exists()
+    with pytest.raises(ValueError, match=r"unknown benchmark\(s\) \['gsm8'\]"):
+        data.fetch(["gsm8"], tmp_path / "data")
 
 
 # ---- the real files (skipped when ../shared/benchmarks is absent)

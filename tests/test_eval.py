@@ -109,9 +109,9 @@ def test_main_on_a_local_jsonl_and_arith_writes_the_json_and_prints_the_table(tm
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "results.json"
-    report = ev.main(["--model", str(TINY), "--benchmarks", f"arith,{path}", "--format", "gsm8k",
-                      "--limit", "4", "--n", "2", "--temperature", "0.6", "--max-new-tokens", "24",
-                      "--batch-size", "3", "--out", str(out)])
+    report = ev.main(["--model", str(TINY), "--benchmarks", f"arith,{path}",
+                      "--data-format", "gsm8k", "--limit", "4", "--n", "2", "--temperature", "0.6",
+                      "--max-new-tokens", "24", "--batch-size", "3", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["args"]["n"] == 2 and saved["args"]["benchmarks"] == f"arith,{path}"
@@ -137,14 +137,14 @@ def test_main_on_a_local_jsonl_and_arith_writes_the_json_and_prints_the_table(tm
 def test_errors_are_clear(tiny, monkeypatch, tmp_path):
     model, tokenizer = tiny
     # settings and benchmarks are checked before the model loads ("no/such-model" is never reached)
-    with pytest.raises(SystemExit, match=r"unknown or repeated benchmark\(s\) in "
+    with pytest.raises(ValueError, match=r"unknown or repeated benchmark\(s\) in "
                                          r"\['math500', 'aime2024'\]; valid: \['arith', 'aime24'"):
         ev.main(["--model", "no/such-model", "--benchmarks", "math500,aime2024"])
-    with pytest.raises(SystemExit, match=r"greedy decoding \(temperature 0\) gives 4 identical "
+    with pytest.raises(ValueError, match=r"greedy decoding \(temperature 0\) gives 4 identical "
                                          r"responses; use n=1"):  # the default n=4
         ev.main(["--model", "no/such-model", "--benchmarks", "arith", "--temperature", "0"])
     monkeypatch.setitem(sys.modules, "datasets", None)  # not installed
-    with pytest.raises(SystemExit, match=r"'gsm8k'.*pip install datasets.*"
+    with pytest.raises(ImportError, match=r"'gsm8k'.*pip install datasets.*"
                                          r"--data-dir DIR holding gsm8k_test.jsonl"):
         ev.main(["--model", "no/such-model", "--benchmarks", "gsm8k", "--data-dir", "/nonexistent"])
     examples = tasks.arith_heldout(2)
@@ -158,6 +158,6 @@ def test_errors_are_clear(tiny, monkeypatch, tmp_path):
         ev.evaluate(model, tokenizer, examples, n=1, temperature=0.0, template="plain")
     model.save_pretrained(tmp_path)
     bare.save_pretrained(tmp_path)
-    with pytest.raises(SystemExit, match="has no chat template: use --template fewshot"):
+    with pytest.raises(ValueError, match="has no chat template: use --template fewshot"):
         ev.main(["--model", str(tmp_path), "--benchmarks", "arith", "--n", "1", "--temperature",
                  "0"])

@@ -232,24 +232,26 @@ def test_model_without_sdpa_gets_a_clear_message(tmp_path, monkeypatch):
 
 
 def test_layers_out_of_range_fail_before_training(tmp_path):
-    with pytest.raises(ValueError, match=r"layers must be .* \[0, 4\)"):
-        train.main(SMALL + ["--layers", "2,9", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"--layers 2,9: layers must be .* \[0, 4\)"):
+        train.main(SMALL + ["--layers", "2,9", "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()  # the run folder appears once the run can start
 
 
 def test_broken_training_file_names_file_line_and_field(tmp_path):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?"\n')
-    with pytest.raises(SystemExit, match=r"train.jsonl:2"):
+    with pytest.raises(ValueError, match=r"train.jsonl:2"):
         train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k",
                             "--out", str(tmp_path / "run")])
     bad.write_text('{"question": "1+1?", "answer": "#### 2"}\n'
                    '{"query": "2+2?", "answer": "#### 4"}\n')
-    with pytest.raises(SystemExit, match=r"train.jsonl:2.*question"):
+    with pytest.raises(ValueError, match=r"train.jsonl:2.*question"):
         train.main(SMALL + ["--data", str(bad), "--data-format", "gsm8k",
                             "--out", str(tmp_path / "run")])
-    with pytest.raises(SystemExit, match="ours=theirs"):
+    with pytest.raises(ValueError, match="ours=theirs"):
         train.main(SMALL + ["--data", str(bad), "--data-fields", "prompt",
                             "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_and_eval_overlap_is_checked_before_the_model_loads(tmp_path, capsys):
