@@ -135,10 +135,11 @@ def boxed_rows(ro: Rollout) -> Tensor:
 
 
 def teacher_forced(model, tokenizer, prompts: list[str], responses: list[str],
-                   layers=None, setup: str = "user") -> Rollout:
+                   layers=None, setup: str = "user", answer_fallback: str | None = None) -> Rollout:
     """A Rollout for given (prompt, response) pairs: chat-templated prompt (chat_text) + response +
     EOS, right-padded, with the attention of one forward pass (rollout.capture_attention). The
-    answer mask comes from the tokenizer's character offsets of rewards.answer_span(response)."""
+    answer mask comes from the tokenizer's character offsets of
+    rewards.answer_span(response, answer_fallback)."""
     if len(prompts) != len(responses) or not prompts:
         raise ValueError(f"need as many responses as prompts (>= 1), got {len(prompts)} and "
                          f"{len(responses)}")
@@ -151,7 +152,7 @@ def teacher_forced(model, tokenizer, prompts: list[str], responses: list[str],
         text = chat_text(tokenizer, prompt, setup)
         p_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-        span = answer_span(response)
+        span = answer_span(response, answer_fallback)
         answer = [span is not None and a < span[1] and b > span[0]
                   for a, b in enc["offset_mapping"]]
         rows.append((p_ids, enc["input_ids"] + [eos], answer + [False]))

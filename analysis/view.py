@@ -22,6 +22,7 @@ from torch import Tensor
 from analysis.common import (flow_of, generation_prompts, pyplot, read_prompts, sampling,
                              teacher_forced, token_texts)
 from flow import RATIO, reweight, top_k_mask
+from rewards import answer_span
 from rollout import Rollout, generate
 
 PAGE = Template((Path(__file__).parent / "view.html").read_text(encoding="utf-8"))
@@ -186,15 +187,20 @@ def run_view(args, model, tokenizer) -> None:
     --screenshot."""
     examples = read_prompts(args.prompt, args.prompts, 1, args.seed, args.data_dir,
                             args.data_format, args.data_fields)
+    # a picture of one response: without a box, trace to its last line (and say so)
     if args.response is not None:
         ro = teacher_forced(model, tokenizer, [examples[0].prompt], [args.response], args.layers,
-                            args.prompt_setup)
+                            args.prompt_setup, answer_fallback="last_line")
     else:
         prompts = generation_prompts(tokenizer, [examples[0].prompt], args.prompt_setup)
         ro = generate(model, tokenizer, prompts, n=1, max_new_tokens=args.max_new_tokens,
-                      layers=args.layers, chat_template=False, **sampling(0))
+                      layers=args.layers, chat_template=False, answer_fallback="last_line",
+                      **sampling(0))
     if not ro.answer_mask.any():
-        raise SystemExit("the response has no answer region (empty response?): nothing to trace to")
+        raise SystemExit("the response is empty: nothing to trace to")
+    if answer_span(ro.texts[0]) is None:
+        print("note: the response has no \\boxed{} answer; the flow is traced to its last line "
+              "(training gives such a response gamma 1 unless --answer-fallback last_line)")
     view = flow_view(ro, 0, tokenizer, args.ratio, args.edges)
     page = render_html(view, examples[0].prompt, args.log_scale, args.ratio)
     Path(args.out).write_text(page, encoding="utf-8")

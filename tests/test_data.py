@@ -254,8 +254,12 @@ def test_without_datasets_the_error_says_how_to_get_the_data(monkeypatch, tmp_pa
                                           r"--data-dir DIR holding countdown_tinyzero_test.jsonl "
                                           r"\(python data.py fetch --out DIR writes it\)"):
         data.load_examples("countdown")
-    # a split we do not ship: the error says where to get it
-    with pytest.raises(FileNotFoundError, match=r"crossthinkqa_roll_train.jsonl.*alibaba/ROLL"):
+    # the training split: the rows after the held-out 811 of the same public file
+    assert data.BENCHMARKS["crossthinkqa-train"].split == "train[811:]"
+    assert data.BENCHMARKS["crossthinkqa"].split == "train[:811]"
+    with pytest.raises(ImportError, match=r"'crossthinkqa-train'.*general_CrossThink-QA_deal.jsonl "
+                                          r"needs the `datasets` library.*"
+                                          r"crossthinkqa_roll_train.jsonl"):
         data.load_examples("crossthinkqa-train", data_dir=tmp_path)
 
 
