@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,8 @@ class Config:
     plot_ema: float | None = flag(None, "smooth curves.png with the paper's peak-tracking EMA of "
                                         "this alpha (App. C.3)")
     preset: str = flag("tiny", "a named set of defaults (config.PRESETS)")
+    allow_config_change: bool = flag(False, "--resume: apply flags that change what the run "
+                                             "means (--lr, --seed, ...; recorded in run.json)")
 
 
 _QWEN3_MATH = dict(
@@ -138,8 +141,12 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
     """The description as written; every flag's help followed by its default."""
 
 
-def parse_args(argv: list[str] | None = None, description: str | None = None) -> Config:
+def parse_args(argv: list[str] | None = None, description: str | None = None,
+               base: dict | None = None) -> Config:
     """Config from the command line: --preset sets the defaults, every field is a flag over them.
+
+    base: values that replace the defaults (a resumed run's own configuration, runs.resumed_config);
+    the flags in argv still win.
 
     --help lists the defaults of the preset given (`--preset P --help`); --show-config prints the
     resolved configuration as JSON and exits.
@@ -148,6 +155,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     pre.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     known, _ = pre.parse_known_args(argv)
     defaults = dataclasses.asdict(Config()) | PRESETS[known.preset] | {"preset": known.preset}
+    defaults |= base or {}
 
     ap = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter,
                                  epilog=f"The defaults shown are those of --preset {known.preset}.")
@@ -195,3 +203,118 @@ def _parser_of(type_name: str):
         return convert(text)
 
     return convert_or_none
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking a configuration before anything heavy runs
+
+
+def _int(x, low: int, high: float = math.inf) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and low <= x < high
+
+
+def _real(x, low: float, high: float, open_low: bool = False, open_high: bool = False) -> bool:
+    """x is a finite number in [low, high] (an open end with open_low / open_high)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return False
+    above = x > low if open_low else x >= low
+    below = x < high if open_high else x <= high
+    return above and below
+
+
+def _text(x) -> bool:
+    return isinstance(x, str) and x.strip() != ""
+
+
+def _data_fields_ok(text) -> bool:
+    if text is not None and not isinstance(text, str):
+        return False
+    try:
+        fields = data.parse_fields(text) or {}
+    except ValueError:
+        return False
+    return set(fields) <= set(data.FIELD_NAMES)
+
+
+def _rules(c: Config) -> list[tuple[str, bool, str]]:
+    """(field, holds, what it must be) for every field of Config."""
+    inf = math.inf
+    return [
+        ("model", _text(c.model), "must name a model (a hub id or a folder)"),
+        ("data", _text(c.data), "must name a task, a benchmark or a .jsonl file"),
+        ("data_format", c.data_format is None or c.data_format in data.FORMATS,
+         f"must be one of {sorted(data.FORMATS)}"),
+        ("data_fields", _data_fields_ok(c.data_fields),
+         f"must be ours=theirs pairs with ours in {list(data.FIELD_NAMES)}"),
+        ("data_dir", c.data_dir is None or (_text(c.data_dir) and Path(c.data_dir).is_dir()),
+         "must be an existing folder"),
+        ("eval_data", _text(c.eval_data), "must name a task, a benchmark or a .jsonl file"),
+        ("eval_limit", c.eval_limit is None or _int(c.eval_limit, 1), "must be >= 1 (or none)"),
+        ("template", c.template in data.TEMPLATES, f"must be one of {list(data.TEMPLATES)}"),
+        ("steps", _int(c.steps, 1), "must be >= 1"),
+        ("prompts_per_step", _int(c.prompts_per_step, 1), "must be >= 1"),
+        ("group_size", _int(c.group_size, 2),
+         "must be >= 2 (eq. 10 compares the responses of a group)"),
+        ("max_new_tokens", _int(c.max_new_tokens, 1), "must be >= 1"),
+        ("temperature", _real(c.temperature, 0, inf, open_low=True, open_high=True),
+         "must be > 0 (training samples; the log-probs divide by it)"),
+        ("top_p", _real(c.top_p, 0, 1, open_low=True), "must be in (0, 1]"),
+        ("top_k", _int(c.top_k, 0), "must be >= 0 (0: off)"),
+        ("min_difficulty", _real(c.min_difficulty, 0, 1), "must be in [0, 1]"),
+        ("max_difficulty", _real(c.max_difficulty, 0, 1)
+         and (not _real(c.min_difficulty, 0, 1) or c.min_difficulty <= c.max_difficulty),
+         "must be in [0, 1] and >= --min-difficulty"),
+        ("drop_truncated", isinstance(c.drop_truncated, bool), "must be true or false"),
+        ("answer_fallback", c.answer_fallback in rewards.FALLBACKS,
+         f"must be one of {list(rewards.FALLBACKS)}"),
+        ("credit", c.credit in credit.CREDIT_STRATEGIES,
+         f"must be one of {sorted(credit.CREDIT_STRATEGIES)}"),
+        ("ratio", _real(c.ratio, 0, 1), "must be in [0, 1] (eq. 6's share of tokens)"),
+        ("gamma", _real(c.gamma, 0, inf, open_high=True), "must be finite and >= 0 (eq. 6)"),
+        ("layers", c.layers is None or (isinstance(c.layers, list) and len(c.layers) > 0
+                                        and all(_int(x, 0) for x in c.layers)),
+         "must be layer indices >= 0 (or none)"),
+        ("lr", _real(c.lr, 0, inf, open_low=True, open_high=True), "must be finite and > 0"),
+        ("warmup_steps", _int(c.warmup_steps, 0), "must be >= 0"),
+        ("weight_decay", _real(c.weight_decay, 0, inf, open_high=True), "must be finite and >= 0"),
+        ("max_grad_norm", _real(c.max_grad_norm, 0, inf, open_low=True, open_high=True),
+         "must be finite and > 0"),
+        ("micro_batch", _int(c.micro_batch, 1), "must be >= 1"),
+        ("generation_batch", c.generation_batch is None or _int(c.generation_batch, 1),
+         "must be >= 1 (or none: all prompts at once)"),
+        ("clip_eps", _real(c.clip_eps, 0, 1, open_low=True, open_high=True), "must be in (0, 1)"),
+        ("dual_clip", c.dual_clip is None or _real(c.dual_clip, 1, inf, True, True),
+         "must be finite and > 1 (or none)"),
+        ("adv_clip", c.adv_clip is None or _real(c.adv_clip, 0, inf, True, True),
+         "must be finite and > 0 (or none)"),
+        ("aggregation", c.aggregation in ("seq-mean", "token-mean"),
+         "must be seq-mean or token-mean"),
+        ("bf16", isinstance(c.bf16, bool), "must be true or false"),
+        ("gradient_checkpointing", isinstance(c.gradient_checkpointing, bool),
+         "must be true or false"),
+        ("reward_workers", _int(c.reward_workers, 0), "must be >= 0 (0: score in this process)"),
+        ("eval_every", _int(c.eval_every, 1), "must be >= 1"),
+        ("save_every", _int(c.save_every, 0), "must be >= 0 (0: no checkpoints)"),
+        ("keep_checkpoints", _int(c.keep_checkpoints, 0),
+         "must be >= 0 (0: keep every checkpoint; N: the newest N)"),
+        ("seed", _int(c.seed, 0, 2**32), "must be in [0, 2**32)"),
+        ("out", c.out is None or (_text(c.out) and not Path(c.out).is_file()),
+         "must be a folder (or none: runs/<preset>-<credit>-seed<seed>)"),
+        ("resume", isinstance(c.resume, bool) and not (c.resume and c.overwrite),
+         "and --overwrite exclude each other"),
+        ("overwrite", isinstance(c.overwrite, bool), "must be true or false"),
+        ("plot_ema", c.plot_ema is None or _real(c.plot_ema, 0, 1, open_low=True),
+         "must be in (0, 1] (or none)"),
+        ("preset", c.preset in PRESETS, f"must be one of {sorted(PRESETS)}"),
+        ("allow_config_change", isinstance(c.allow_config_change, bool)
+         and (c.resume or not c.allow_config_change), "applies to --resume only"),
+    ]
+
+
+def validate(cfg: Config) -> None:
+    """Raise ValueError naming every flag whose value cannot work. train.main calls it before it
+    loads anything, so `--group-size 0` fails in a second, not after the model has loaded."""
+    bad = [f"--{name.replace('_', '-')} {rule}, got {getattr(cfg, name)!r}"
+           for name, holds, rule in _rules(cfg) if not holds]
+    if bad:
+        raise ValueError("bad flag value(s):\n  " + "\n  ".join(bad))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -88,11 +89,16 @@ FIELD_NAMES = ("prompt", "gold")  # the keys of load_examples(fields=...)
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number from 1, row) for every non-blank line; a line that is not a JSON object raises
-    ValueError."""
+    """(line number from 1, row) for every non-blank line; a line that is not UTF-8 text or not a
+    JSON object raises ValueError naming the file and the line."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path.name}:{number}: not UTF-8 text (byte {e.start + 1} of the "
+                                 f"line: {e.reason})") from None
             if not line.strip():
                 continue
             try:
@@ -159,7 +165,15 @@ def _example(row: dict, fmt: Format, where: str) -> Example:
         raise ValueError(
             f"{where}: field {path!r} is not a {fmt.kind} gold ({type(e).__name__}: {e})"
         ) from None
+    if fmt.kind == "countdown" and not _is_number(gold["target"]):
+        # the empty response above scores 0 before the target is read: check it here
+        raise ValueError(f"{where}: field {fmt.gold!r}: the target must be a finite number, got "
+                         f"{gold['target']!r}")
     return Example(prompt=prompt, gold=gold, kind=fmt.kind, id=where)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _with_fields(fmt: Format, fields: dict[str, str] | None) -> Format:

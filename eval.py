@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -78,6 +79,17 @@ def check_settings(n: int, temperature: float, top_p: float, batch_size: int,
     if temperature == 0:
         return dict(rollout.GREEDY)
     return dict(temperature=temperature, top_p=top_p, top_k=0)
+
+
+def check_output(path: Path) -> None:
+    """Raise ValueError when `path` cannot be written, before the evaluation rather than after."""
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name such as {path}/results.json")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {path}: no such folder {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--out {path}: not writable")
 
 
 def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1,
@@ -210,6 +222,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # second, not after minutes
     check_settings(args.n, args.temperature, args.top_p, args.batch_size, args.template)
     cli.check_model(args.model)
+    if args.out:
+        check_output(Path(args.out))
     sets = {key: data.load_source(b, args.data_format, args.data_fields, args.data_dir,
                                   limit=args.limit)
             for key, b in zip(keys, names)}

@@ -31,6 +31,7 @@ ends) get f = s (that is, 0 outside the prompt): never NaN.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -57,10 +58,15 @@ __all__ = [
 
 
 def _check_square(W: Tensor, name: str) -> None:
+    """A real [..., T, T] matrix without negative entries (attention weights, and the graphs made of
+    them: a negative weight would make h, f and tau negative)."""
     if W.dim() < 2 or W.shape[-1] != W.shape[-2]:
         raise ValueError(f"{name} must be [..., T, T], got shape {tuple(W.shape)}")
     if W.is_complex() or not W.is_floating_point():
         raise ValueError(f"{name} must be a real floating tensor, got {W.dtype}")
+    if W.numel() and W.amin() < 0:  # one reduction over the matrix; NaN is caught by `trace`
+        raise ValueError(f"{name} has negative entries (min {W.amin().item():.3g}): attention "
+                         "weights are >= 0")
 
 
 def _check_mask(mask: Tensor, W: Tensor, name: str, nonempty: bool) -> None:
@@ -298,5 +304,7 @@ def credit_weights(mask: Tensor, gamma: float = GAMMA) -> Tensor:
     """gamma of eq. (6): gamma_flow on the selected tokens, 1 elsewhere; float32 [..., T]."""
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool, got {mask.dtype}")
+    if not 0 <= float(gamma) < math.inf:  # NaN fails too
+        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
     one = torch.ones((), dtype=torch.float32, device=mask.device)
     return torch.where(mask, one * gamma, one)

@@ -431,9 +431,9 @@ def score_batch(kind: str, responses: Sequence[str], golds: Sequence,
         raise ValueError(f"score_batch: kind must be one of {sorted(REWARDS)}, got {kind!r}")
     if len(responses) != len(golds):
         raise ValueError(f"score_batch: {len(responses)} responses but {len(golds)} golds")
-    if timeout_s <= 0 or workers < 0:
+    if not 0 < timeout_s < math.inf or workers < 0:  # NaN fails the first test
         raise ValueError(
-            f"score_batch: need timeout_s > 0 and workers >= 0, got {timeout_s}, {workers}"
+            f"score_batch: need a finite timeout_s > 0 and workers >= 0, got {timeout_s}, {workers}"
         )
     pairs = list(zip(responses, golds))
     if workers == 0:

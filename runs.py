@@ -1,20 +1,146 @@
-"""The run folder of train.py: checkpoints, the metrics log and the curves.
+"""The run folder of train.py: a lock, checkpoints that verify, resume, the metrics log, the curves.
 
-    OUT/config.json                      the configuration of the run
+    OUT/.lock                            who uses the folder now: pid, host, start time (flock)
+    OUT/config.json                      the configuration the run goes on with
+    OUT/run.json                         the run's record: held-out accuracy before RL, the latest
+                                         one, the flags changed on --resume (and the step from
+                                         which they apply), finished or not
     OUT/metrics.jsonl                    one JSON object per step (step 0: accuracy before RL)
     OUT/checkpoints/step-000010/model/   save_pretrained: loadable by from_pretrained and eval.py
     OUT/checkpoints/step-000010/state/   optimizer, scheduler and every process's RNG (accelerate)
+    OUT/checkpoints/step-000010/metrics.jsonl   the log up to this step
+    OUT/checkpoints/step-000010/step.json       the record above as of this step, the config it was
+                                         trained with, and the size and SHA-256 of every file
     OUT/curves.png                       training reward and held-out accuracy
+
+What --resume guarantees: it continues from the newest checkpoint whose files all match their
+checksums (a damaged one is named, moved to checkpoints/damaged-step-N and the one before it is
+used), with the run's own configuration, the log and the held-out "before" accuracy of that
+checkpoint, so that every number equals an uninterrupted run's. It refuses a changed flag that
+alters what the run means (anything outside RESUME_SAFE) unless --allow-config-change is given, and
+then records the change in run.json. Every file is written to a temporary name and renamed, and a
+checkpoint gets its final name once complete: a kill at any point leaves the previous state whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+import config
+
+# Fields that say how this process runs, not what the run is: never taken from a saved config.
+PER_INVOCATION = ("out", "resume", "overwrite", "allow_config_change")
+# Fields --resume may change without --allow-config-change: they change when the run evaluates or
+# saves, where it reads its files, or its memory, not the updates it makes (micro-batches and
+# generation batches change float rounding and the order of random draws, not the algorithm).
+RESUME_SAFE = ("eval_every", "save_every", "keep_checkpoints", "reward_workers", "micro_batch",
+               "generation_batch", "gradient_checkpointing", "plot_ema", "data_dir")
+
+
+def _note(message: str) -> None:
+    """A message of the main process (RANK is set by accelerate launch, before any Accelerator)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", flush=True)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path` and rename it: a kill leaves the old file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The lock: one run per folder
+
+
+_held: dict[Path, object] = {}  # run folder -> the open lock file this process holds
+
+
+def lock_run(out: Path) -> None:
+    """Take OUT/.lock (flock, released by the kernel when the holder dies) and write who holds it.
+
+    A folder in use by a live process stops this one with the holder's pid, host and start time.
+    A lock file that still names a holder but is not locked was left by a process that died: it is
+    taken over, with a note. A process may take a lock it already holds."""
+    out = out.resolve()
+    if out in _held:
+        return
+    path = out / ".lock"
+    f = open(path, "a+")  # noqa: SIM115 (held open while the run lasts)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = _holder(f.read())
+        f.close()
+        raise SystemExit(f"{out} is in use by another train.py ({holder}); wait for it to end, or "
+                         "use another --out") from None
+    f.seek(0)
+    previous = f.read()
+    if previous.strip():
+        _note(f"took over the stale lock {path} of a run that is gone ({_holder(previous)})")
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                        "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    f.flush()
+    _held[out] = f
+
+
+def unlock_run(out: Path) -> None:
+    """Empty OUT/.lock (a clean release) and let it go."""
+    f = _held.pop(out.resolve(), None)
+    if f is not None:
+        f.seek(0)
+        f.truncate()
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def _holder(text: str) -> str:
+    try:
+        who = json.loads(text)
+        return f"pid {who['pid']} on {who['host']}, started {who['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def clean_temporaries(out: Path) -> list[Path]:
+    """Remove what an interrupted run left half-written: checkpoints/.tmp-* and OUT/.*.tmp. Call it
+    with the lock held (then no live process is writing them)."""
+    stale = sorted((out / "checkpoints").glob(".tmp-*")) + sorted(out.glob(".*.tmp"))
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return stale
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and their checksums
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be trusted; the message names the bad file."""
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -22,11 +148,256 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator: Accelerator, model, tokenizer, out: Path, step: int, keep: int
-                    ) -> None:
-    """model/ (save_pretrained) + state/ (optimizer, scheduler, RNG of every process), written to a
-    temporary folder and renamed, so a kill never leaves a half-written checkpoint. Keeps the newest
-    `keep` checkpoints. `model` is the prepared train.Policy."""
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _sha256s(paths: list[Path]) -> list[str]:
+    """SHA-256 of each file, several files at a time (hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(_sha256, paths))
+
+
+def file_digests(folder: Path) -> dict[str, list]:
+    """{path relative to folder: [size in bytes, SHA-256]} of every file below it."""
+    paths = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    return {p.relative_to(folder).as_posix(): [p.stat().st_size, digest]
+            for p, digest in zip(paths, _sha256s(paths))}
+
+
+def verify(ckpt: Path) -> dict:
+    """The record (step.json) of a checkpoint whose every file has the size and SHA-256 that
+    step.json lists; CheckpointError naming the first file that does not."""
+    try:
+        record = json.loads((ckpt / "step.json").read_text())
+        missing = [k for k in ("step", "files", "before", "eval", "changes", "config")
+                   if k not in record]
+        if missing:
+            raise KeyError(missing[0])
+        files, step = record["files"], record["step"]
+        if not isinstance(files, dict) or "metrics.jsonl" not in files:
+            raise ValueError("no list of files")
+        if step != int(ckpt.name.split("-")[1]):
+            raise ValueError(f"it says step {step}")
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt / 'step.json'}: missing") from None
+    except KeyError as e:
+        raise CheckpointError(f"{ckpt / 'step.json'}: no {e} (a checkpoint of an older train.py, "
+                              "without checksums, or a damaged file)") from None
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{ckpt / 'step.json'}: unreadable ({e})") from None
+    for name, (size, _) in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        if path.stat().st_size != size:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes where {size} were "
+                                  "written (truncated or damaged)")
+    paths = [ckpt / name for name in files]
+    for path, (_, digest), got in zip(paths, files.values(), _sha256s(paths)):
+        if got != digest:
+            raise CheckpointError(f"{path}: checksum mismatch (damaged)")
+    return record
+
+
+def _set_aside(ckpt: Path, prefix: str) -> Path:
+    """Rename a checkpoint out of checkpoint_dirs' sight (an atomic step before deleting it)."""
+    target = ckpt.with_name(f"{prefix}{ckpt.name}")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(ckpt, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# The run: what train.main needs from its folder
+
+
+@dataclass
+class Run:
+    """A run folder opened by open_run. `before` (held-out accuracy before RL) belongs to the run:
+    it comes from the checkpoint on resume, never from a new measurement."""
+
+    out: Path
+    config: dict  # dataclasses.asdict of the Config the run goes on with
+    start: int = 0  # steps already done (the step of `checkpoint`)
+    checkpoint: Path | None = None  # to resume from; None: a new run
+    before: float | None = None  # None: not measured yet
+    eval_step: int | None = None  # the latest held-out measurement: its step and accuracy
+    accuracy: float | None = None
+    changes: list[dict] = field(default_factory=list)  # flags changed on --resume
+    metrics: list[dict] = field(default_factory=list)  # the log up to `start`
+    finished: bool = False  # a finished run resumed: nothing to do
+
+    def measured(self, step: int, accuracy: float) -> float:
+        """Record a held-out accuracy (step 0: the one before RL); returns it."""
+        if step == 0:
+            self.before = accuracy
+        self.eval_step, self.accuracy = step, accuracy
+        return accuracy
+
+    def record(self, step: int) -> dict:
+        """run.json as of `step` (step.json holds the same, plus the config and the checksums)."""
+        return {"step": step, "before": self.before,
+                "eval": {"step": self.eval_step, "accuracy": self.accuracy},
+                "changes": self.changes, "finished": step >= self.config["steps"]}
+
+
+def resumed_config(cfg: config.Config, argv: list[str] | None, out: Path) -> config.Config:
+    """On --resume, the run's own configuration (OUT/config.json; the newest checkpoint's if that is
+    unreadable) under the flags given now, so `--out DIR --resume` goes on as the run started.
+    Without --resume: cfg."""
+    if not cfg.resume:
+        return cfg
+    saved = _saved_config(out)
+    if saved is None:
+        return cfg
+    names = {f.name for f in dataclasses.fields(config.Config)}
+    base = {k: v for k, v in saved.items() if k in names and k not in PER_INVOCATION}
+    return config.parse_args(argv, base=base)
+
+
+def _saved_config(out: Path) -> dict | None:
+    path = out / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+        if isinstance(saved, dict):
+            return saved
+        _note(f"{path} holds no configuration; using the newest checkpoint's")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        _note(f"{path} is unreadable ({e}); using the newest checkpoint's configuration")
+    for ckpt in reversed(checkpoint_dirs(out)):
+        try:
+            return json.loads((ckpt / "step.json").read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def on_main(accelerator: Accelerator, fn):
+    """fn() on the main process; every process returns its result, or raises its SystemExit."""
+    box = [(None, None)]
+    if accelerator.is_main_process:
+        try:
+            box = [(fn(), None)]
+        except SystemExit as e:
+            box = [(None, str(e.code))]
+    if accelerator.num_processes > 1:
+        box = broadcast_object_list(box)
+    value, error = box[0]
+    if error is not None:
+        raise SystemExit(error)
+    return value
+
+
+def open_run(accelerator: Accelerator, out: Path, cfg: config.Config) -> Run:
+    """Take the folder's lock, remove stale temporaries, then start a new run (refusing a folder
+    that holds checkpoints unless --overwrite) or pick the checkpoint to resume (`_resume`). Writes
+    config.json and run.json only once the run is accepted. Runs on the main process; every
+    process gets the same Run."""
+    def main_process() -> Run:
+        out.mkdir(parents=True, exist_ok=True)
+        lock_run(out)
+        try:
+            stale = clean_temporaries(out)
+            if stale:
+                _note(f"removed what an interrupted run left half-written: "
+                      f"{', '.join(str(p.relative_to(out)) for p in stale)}")
+            run = _resume(out, cfg) if cfg.resume else _start(out, cfg)
+            if not run.finished:
+                atomic_write(out / "config.json", json.dumps(run.config, indent=2))
+                atomic_write(out / "run.json", json.dumps(run.record(run.start), indent=2))
+            return run
+        except BaseException:
+            unlock_run(out)
+            raise
+
+    return on_main(accelerator, main_process)
+
+
+def _start(out: Path, cfg: config.Config) -> Run:
+    if checkpoint_dirs(out) and not cfg.overwrite:
+        raise SystemExit(f"{out} already holds checkpoints: pass --resume to continue it, "
+                         "--overwrite to start over, or --out for a new run folder")
+    if cfg.overwrite:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return Run(out=out, config=dataclasses.asdict(cfg))
+
+
+def _resume(out: Path, cfg: config.Config) -> Run:
+    """The newest intact checkpoint (verify), checked against the flags given now."""
+    dirs = checkpoint_dirs(out)
+    if not dirs:
+        raise SystemExit(f"--resume: no checkpoint in {out}/checkpoints")
+    damaged: list[tuple[Path, str]] = []
+    for ckpt in reversed(dirs):
+        try:
+            record = verify(ckpt)
+            break
+        except CheckpointError as e:
+            damaged.append((ckpt, str(e)))
+    else:
+        lines = "\n  ".join(why for _, why in damaged)
+        raise SystemExit(f"--resume: no intact checkpoint in {out}/checkpoints:\n  {lines}")
+    log = (ckpt / "metrics.jsonl").read_text().splitlines()
+    run = Run(out=out, config=dataclasses.asdict(cfg), start=record["step"], checkpoint=ckpt,
+              before=record["before"], eval_step=record["eval"]["step"],
+              accuracy=record["eval"]["accuracy"], changes=record["changes"],
+              metrics=[json.loads(line) for line in log])
+    if run.start >= cfg.steps:
+        _note(f"{ckpt} is at step {run.start} of --steps {cfg.steps}: the run is finished, "
+              "nothing to do")
+        run.finished = True
+        return run
+    changed = {k: (v, run.config[k]) for k, v in record["config"].items()
+               if k in run.config and k not in PER_INVOCATION and run.config[k] != v}
+    refused = [k for k in changed if k not in RESUME_SAFE]
+    if refused and not cfg.allow_config_change:
+        lines = "\n  ".join(f"{_flag(k)}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise SystemExit(f"--resume: {ckpt} was trained with other values of flags that change "
+                         f"what the run means:\n  {lines}\nleave them out to go on as the run "
+                         f"started, or add --allow-config-change to apply them from step "
+                         f"{run.start + 1} on (recorded in {out / 'run.json'})")
+    for bad, why in damaged:
+        moved = _set_aside(bad, "damaged-")
+        _note(f"{why}: not resuming from it (moved to {moved}); falling back to {ckpt}")
+    for k, (old, new) in changed.items():
+        run.changes.append({"step": run.start + 1, "flag": _flag(k), "from": old, "to": new})
+        _note(f"{_flag(k)} changes from {old!r} to {new!r} from step {run.start + 1} on")
+    return run
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def load_checkpoint(accelerator: Accelerator, run: Run) -> None:
+    """The optimizer, scheduler and RNG state of run.checkpoint (its checksums verified)."""
+    state = run.checkpoint / "state"
+    try:
+        accelerator.load_state(str(state))
+    except Exception as e:  # torch and accelerate raise many types; the checksums matched
+        raise SystemExit(f"--resume: cannot load {state} ({type(e).__name__}: {e}); was a flag "
+                         "such as --model changed with --allow-config-change?") from e
+    saved_by = len(list(state.glob("random_states_*.pkl")))
+    if saved_by != accelerator.num_processes:
+        accelerator.print(f"note: {run.checkpoint} was saved by {saved_by} process(es), resumed "
+                          f"by {accelerator.num_processes}: the samples will differ from the "
+                          "uninterrupted run's")
+    accelerator.print(f"resumed from {run.checkpoint} (step {run.start})")
+
+
+def save_checkpoint(accelerator: Accelerator, model, tokenizer, run: Run, records: list[dict],
+                    step: int, keep: int) -> None:
+    """model/ (save_pretrained) + state/ (optimizer, scheduler, RNG of every process) + the log
+    `records` + step.json (run.record, the config and the checksums of the other files), written to
+    a temporary folder and renamed, so a kill never leaves a half-written checkpoint. Keeps the
+    newest `keep` checkpoints (0: all), never the one just written. `model` is the prepared
+    train.Policy."""
+    out = run.out
     final = out / "checkpoints" / f"step-{step:06d}"
     tmp = out / "checkpoints" / f".tmp-step-{step:06d}"
     if accelerator.is_main_process:
@@ -51,30 +422,54 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, out: Path, step:
     finally:
         hook.remove()
     state = accelerator.get_state_dict(model)  # full weights, also under FSDP / ZeRO-3
+    accelerator.wait_for_everyone()  # every process's RNG file is written before the checksums
     if accelerator.is_main_process:
         lm_state = {k.removeprefix("lm."): v for k, v in untied(state).items()}
         lm.save_pretrained(tmp / "model", state_dict=lm_state)
         tokenizer.save_pretrained(tmp / "model")
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
+        (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        record = run.record(step) | {"config": run.config, "files": file_digests(tmp)}
+        (tmp / "step.json").write_text(json.dumps(record, indent=1))
         os.replace(tmp, final)
-        for old in checkpoint_dirs(out)[:-keep]:
-            shutil.rmtree(old)
+        atomic_write(out / "run.json", json.dumps(run.record(step), indent=2))
+        if keep > 0:
+            for old in checkpoint_dirs(out)[:-keep]:
+                if old != final:
+                    shutil.rmtree(_set_aside(old, ".tmp-old-"))
     accelerator.wait_for_everyone()
 
 
-class MetricsLog:
-    """metrics.jsonl (one JSON object per line; on resume, the lines past the checkpoint are
-    dropped) and tensorboard when it is installed. Only the main process writes (enabled=False
-    elsewhere)."""
+def finish(accelerator: Accelerator, run: Run) -> dict:
+    """The end of train.main: run.json says finished, the two closing lines, the lock goes.
+    Returns {"before", "after", "out"}."""
+    if accelerator.is_main_process:
+        if not run.finished:
+            record = run.record(run.config["steps"])
+            atomic_write(run.out / "run.json", json.dumps(record, indent=2))
+        unlock_run(run.out)
+    accelerator.print(f"run folder: {run.out}")
+    accelerator.print(f"held-out accuracy: {run.before:.3f} -> {run.accuracy:.3f}")
+    return {"before": run.before, "after": run.accuracy, "out": str(run.out)}
 
-    def __init__(self, out: Path, resume_step: int, enabled: bool):
-        self.path, self.enabled, self.records = out / "metrics.jsonl", enabled, []
+
+# --------------------------------------------------------------------------------------------------
+# The metrics log and the curves
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line) and tensorboard when it is installed. It starts from
+    `records` (the resumed checkpoint's log; [] for a new run), rewritten atomically: the lines a
+    killed run wrote past its checkpoint are dropped, and a missing, truncated or damaged file is
+    restored. Only the main process writes (enabled=False elsewhere)."""
+
+    def __init__(self, out: Path, records: list[dict], enabled: bool):
+        self.path, self.enabled, self.records = out / "metrics.jsonl", enabled, list(records)
         if not enabled:
             return
-        if resume_step and self.path.exists():
-            lines = self.path.read_text().splitlines()
-            self.records = [r for r in map(json.loads, lines) if r["step"] <= resume_step]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        if records and _readable_lines(self.path, records[-1]["step"]) != records:
+            _note(f"{self.path} was missing, truncated or damaged: steps 0..{records[-1]['step']} "
+                  "restored from the checkpoint")
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -92,6 +487,23 @@ class MetricsLog:
             for k, v in record.items():
                 if k != "step":
                     self.tb.add_scalar(k, v, record["step"])
+
+
+def _readable_lines(path: Path, last_step: int) -> list[dict]:
+    """The records of metrics.jsonl up to last_step, read up to the first line that is not one."""
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, ValueError):
+        return records
+    for line in lines:
+        try:
+            record = json.loads(line)
+            if record["step"] <= last_step:
+                records.append(record)
+        except (ValueError, KeyError, TypeError):
+            break
+    return records
 
 
 def peak_ema(values: list[float], alpha: float) -> list[float]:

@@ -25,9 +25,6 @@ in the run folder (runs.py). The configuration and presets are in config.py.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import shutil
 import sys
 import time
 from collections import Counter
@@ -49,7 +46,7 @@ import rewards
 import rollout
 import runs
 import tasks
-from config import PRESETS, ROOT, Config, parse_args  # noqa: F401 (train.Config etc. for users)
+from config import PRESETS, ROOT, Config, parse_args, validate  # noqa: F401
 from eval import evaluate
 
 # --------------------------------------------------------------------------------------------------
@@ -328,27 +325,32 @@ def held_out_accuracy(cfg: Config, accelerator: Accelerator, model, tokenizer, e
     return sum(every) / len(every)
 
 
+def set_optimizer_flags(cfg: Config, optimizer, scheduler) -> None:
+    """--lr and --weight-decay over a loaded optimizer state, which holds the values it was saved
+    with: the next step's learning rate is again lr times the warm-up factor of the schedule."""
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+    for group in optimizer.param_groups:
+        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=cfg.weight_decay)
+
+
 # --------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv, description=__doc__)
+    out = Path(cfg.out or ROOT / "runs" / f"{cfg.preset}-{cfg.credit}-seed{cfg.seed}")
+    cfg = runs.resumed_config(cfg, argv, out)  # --resume: the run's own flags under those given
+    validate(cfg)  # every flag, before anything heavy
     cli.check_gpu(cfg.preset, cfg.model, PRESETS)
     cli.check_model(cfg.model)
-    out = Path(cfg.out or ROOT / "runs" / f"{cfg.preset}-{cfg.credit}-seed{cfg.seed}")
     accelerator = distributed.make_accelerator(cfg.bf16)
     if cfg.prompts_per_step % accelerator.num_processes:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the "
                          f"number of processes ({accelerator.num_processes})")
-    last = runs.checkpoint_dirs(out)[-1] if runs.checkpoint_dirs(out) else None
-    if last and not (cfg.resume or cfg.overwrite):
-        raise SystemExit(f"{out} already holds checkpoints: pass --resume to continue it, "
-                         "--overwrite to start over, or --out for a new run folder")
-    if cfg.resume and last is None:
-        raise SystemExit(f"--resume: no checkpoint in {out}/checkpoints")
     set_seed(cfg.seed, device_specific=True)
 
-    # data first: a broken file fails in a second, not after the model has loaded
+    # data first: a broken file fails in a second, before the model loads or the folder appears
     eval_examples = held_out_examples(cfg)
     train_examples = data.without_overlap(training_examples(cfg), eval_examples)
     kinds = {e.kind for e in train_examples}
@@ -358,13 +360,13 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         cli.warn_unencodable("train.py", tokenizer,
                              {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
-    # the run folder appears once the run can start
-    if cfg.overwrite and accelerator.is_main_process:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    # the run folder appears once the run can start: the lock, stale temporaries, the verified
+    # checkpoint to resume, config.json
+    run = runs.open_run(accelerator, out, cfg)
+    if run.finished:
+        result = runs.finish(accelerator, run)
+        distributed.shut_down(accelerator)
+        return result
     policy = Policy(lm, cfg.temperature)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
@@ -373,40 +375,34 @@ def main(argv: list[str] | None = None) -> dict:
     # not prepared: accelerate would step it once per process
     accelerator.register_for_checkpointing(scheduler)
 
-    start = 0
-    if cfg.resume:
-        accelerator.load_state(str(last / "state"))
-        start = json.loads((last / "step.json").read_text())["step"]
-        accelerator.print(f"resumed from {last} (step {start})")
-    log = runs.MetricsLog(out, start, accelerator.is_main_process)
-    before = [r["eval_accuracy"] for r in log.records if r["step"] == 0 and "eval_accuracy" in r]
-    if before:
-        first_eval = before[0]
-    else:
-        first_eval = held_out_accuracy(cfg, accelerator, model, tokenizer, eval_examples)
-        log.write({"step": 0, "eval_accuracy": first_eval})
-    accuracy = first_eval
-    bar = tqdm(range(start, cfg.steps), desc="train", disable=not accelerator.is_main_process,
-               dynamic_ncols=True, initial=start, total=cfg.steps)  # a resumed run counts on
+    if run.checkpoint is not None:
+        runs.load_checkpoint(accelerator, run)
+        set_optimizer_flags(cfg, optimizer, scheduler)  # a --lr accepted on --resume applies
+    log = runs.MetricsLog(out, run.metrics, accelerator.is_main_process)
+    if run.before is None:  # a new run: the held-out accuracy before RL, kept with the run
+        run.measured(0, held_out_accuracy(cfg, accelerator, model, tokenizer, eval_examples))
+        log.write({"step": 0, "eval_accuracy": run.before})
+    bar = tqdm(range(run.start, cfg.steps), desc="train", disable=not accelerator.is_main_process,
+               dynamic_ncols=True, initial=run.start, total=cfg.steps)  # a resumed run counts on
     for step in bar:
         record = train_step(cfg, accelerator, model, optimizer, tokenizer, train_examples, step)
-        record["lr"] = scheduler.get_last_lr()[0]
+        record["lr"] = optimizer.param_groups[0]["lr"]  # the step's learning rate
         scheduler.step()
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             accuracy = held_out_accuracy(cfg, accelerator, model, tokenizer, eval_examples)
-            record["eval_accuracy"] = accuracy
+            record["eval_accuracy"] = run.measured(done, accuracy)
         log.write(record)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{accuracy:.3f}")
+        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{run.accuracy:.3f}")
         if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
-            runs.save_checkpoint(accelerator, model, tokenizer, out, done, cfg.keep_checkpoints)
+            runs.save_checkpoint(accelerator, model, tokenizer, run, log.records, done,
+                                 cfg.keep_checkpoints)
     if accelerator.is_main_process:
         runs.plot(log.records, out / "curves.png", cfg.plot_ema)
-    accelerator.print(f"run folder: {out}")
-    accelerator.print(f"held-out accuracy: {first_eval:.3f} -> {accuracy:.3f}")
+    result = runs.finish(accelerator, run)  # run.json: finished; the closing lines; the lock goes
     del model, optimizer, policy
     distributed.shut_down(accelerator)
-    return {"before": first_eval, "after": accuracy, "out": str(out)}
+    return result
 
 
 if __name__ == "__main__":
