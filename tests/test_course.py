@@ -1,0 +1,227 @@
+"""The course kit (course/, issue 12): generated handouts, the autograder, the seeded bugs.
+
+For every assignment: the untouched stubs score 0 of N, the reference solutions N of N, every
+seeded bug loses points, the handout runs from a copy far from the repository, and two builds are
+byte-identical. The grader grades the handout's files only: a reference module already imported or
+on sys.path cannot stand in for a student's.
+"""
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "course"))
+
+# course/ holds scripts, not a package: import them from their folder
+import bugs
+import grade
+import make
+
+NAMES = [a.name for a in make.ASSIGNMENTS]
+
+
+@pytest.fixture(scope="module")
+def stubs(tmp_path_factory) -> Path:
+    """Every handout as students get it."""
+    out = tmp_path_factory.mktemp("hw")
+    for a in make.ASSIGNMENTS:
+        make.build(a, out)
+    return out
+
+
+def max_score(results: dict) -> float:
+    return sum(t["max_score"] for t in results["tests"])
+
+
+def test_make_and_grade_commands(tmp_path):
+    """The README's commands: make writes one folder per assignment, grade writes results.json in
+    Gradescope's format and prints the total: 0 points on the stubs, full points on the reference.
+    """
+    hw = tmp_path / "hw"
+    def run(*args: str) -> str:
+        return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300, check=True).stdout
+
+    run("course/make.py", str(hw))
+    assert sorted(p.name for p in hw.iterdir()) == sorted(NAMES)
+    out = run("course/grade.py", str(hw / "a1_flow"))
+    results = json.loads((hw / "a1_flow" / "results.json").read_text())
+    assert results["score"] == 0 and f"Total: 0 / {max_score(results):g} points" in out
+    for t in results["tests"]:
+        assert t["score"] == 0 and t["max_score"] > 0 and t["visibility"] in grade.VISIBILITIES
+        assert {"name", "number", "output"} <= set(t) and "not implemented" in t["output"]
+    shutil.copyfile(ROOT / "flow.py", hw / "a1_flow" / "flow.py")
+    out = run("course/grade.py", str(hw / "a1_flow"))
+    results = json.loads((hw / "a1_flow" / "results.json").read_text())
+    assert results["score"] == max_score(results) > 0
+    assert f"Total: {results['score']:g} / {results['score']:g} points" in out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stubs_score_zero(stubs, name):
+    results = grade.grade(stubs / name)
+    failing = [t["name"] for t in results["tests"] if t["score"] > 0]
+    assert results["score"] == 0, f"tests passed by the untouched handout: {failing}"
+    assert len(results["tests"]) >= 6
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_scores_full_and_every_seeded_bug_is_caught(tmp_path, name):
+    reference, caught = bugs.grade_bugs(name, tmp_path)
+    unpassed = [t["name"] + ": " + t["output"] for t in reference["tests"]
+                if t["score"] < t["max_score"]]
+    assert reference["score"] == max_score(reference), unpassed
+    assert len(caught) >= 10
+    missed = [c.bug.name for c in caught if c.score >= c.max_score]
+    assert not missed, f"seeded bugs that get full marks: {missed}"
+
+
+def test_failure_messages_name_the_property(tmp_path):
+    """A wrong W' fails with Theorem 3.1 in words, not two tensors."""
+    folder = bugs.solution_handout("a1_flow", tmp_path)
+    bug = next(b for b in bugs.BUGS if b.name == "h-ratio-upside-down")
+    (folder / "flow.py").write_text(bugs.patched_source(bug))
+    results = grade.grade(folder)
+    theorem = next(t for t in results["tests"] if "Theorem 3.1" in t["name"])
+    assert theorem["score"] == 0
+    assert "of W' sums to" in theorem["output"] and "Theorem 3.1 says 1" in theorem["output"]
+
+
+def test_reference_module_cannot_leak_in(stubs, tmp_path):
+    import flow  # the reference module: imported and on sys.path, as in this test process
+
+    results = grade.grade(stubs / "a1_flow")
+    assert results["score"] == 0  # graded the handout's stubs, not the reference
+    assert sys.modules["flow"] is flow  # and put the reference back afterwards
+    folder = tmp_path / "a1_flow"
+    shutil.copytree(stubs / "a1_flow", folder)
+    (folder / "flow.py").unlink()
+    results = grade.grade(folder)
+    assert results["score"] == 0
+    assert all("flow.py is missing" in t["output"] for t in results["tests"])
+    (folder / "flow.py").write_text("def influence_graph(attn:\n")
+    results = grade.grade(folder)
+    assert all("importing flow.py failed: SyntaxError" in t["output"] for t in results["tests"])
+    assert sys.modules["flow"] is flow
+
+
+def test_timeouts_and_crashes_are_reported(stubs, tmp_path):
+    checks = tmp_path / "checks.py"
+    checks.write_text(
+        "from grade import check\n\n"
+        "@check(1, timeout=0.5)\ndef test_loops(flow):\n    while True:\n        pass\n\n"
+        "@check(1)\ndef test_crashes(flow):\n    flow.top_level_name_that_is_not_there\n"
+    )
+    results = grade.grade(stubs / "a1_flow", checks)
+    loops, crashes = results["tests"]
+    assert loops["score"] == 0 and "longer than 0.5 s" in loops["output"]
+    assert crashes["score"] == 0 and crashes["output"].startswith("AttributeError")
+
+
+def test_handout_files(stubs):
+    """Stubs keep signatures and docstrings; what gives an answer away is not there; the students'
+    checks hold no hidden test; requirements are the repository's pins."""
+    for a in make.ASSIGNMENTS:
+        folder = stubs / a.name
+        manifest = json.loads((folder / "handout.json").read_text())
+        assert manifest["student_files"] == sorted(f"{m.name}.py" for m in a.modules)
+        for m in a.modules:
+            ref = {n.name: n for n in ast.parse((ROOT / f"{m.name}.py").read_text()).body
+                   if isinstance(n, ast.FunctionDef)}
+            student = {n.name: n for n in ast.parse((folder / f"{m.name}.py").read_text()).body
+                       if isinstance(n, ast.FunctionDef)}
+            for name in m.stubs:
+                s, r = student[name], ref[name]
+                assert ast.dump(s.args) == ast.dump(r.args)
+                none = ast.Constant(None)
+                assert ast.unparse(s.returns or none) == ast.unparse(r.returns or none)
+                assert ast.get_docstring(s) == ast.get_docstring(r)
+                assert len(s.body) == 2 and isinstance(s.body[1], ast.Raise)
+            if m.keep != make.ALL:
+                assert set(student) == set(m.stubs)  # no fused path, no helper that solves it
+        shipped = (folder / "checks" / f"{a.name}.py").read_text()
+        full = (ROOT / "course" / "checks" / f"{a.name}.py").read_text()
+        assert all(c.visibility == "visible" for c in make.check_infos(shipped))
+        assert len(make.check_infos(shipped)) < len(make.check_infos(full))
+        pins = set((ROOT / "requirements.txt").read_text().splitlines())
+        assert set((folder / "requirements.txt").read_text().splitlines()) <= pins
+    assert "def slow_flow" not in (stubs / "a1_flow" / "checks" / "a1_flow.py").read_text()
+    assert (stubs / "a1_flow" / "requirements.txt").read_text() == "torch==2.13.0\n"
+
+
+def test_missing_functions_fail_loudly():
+    source = (ROOT / "flow.py").read_text()
+    with pytest.raises(make.AssignmentError, match="flow.py: no top-level function 'potentail'"):
+        make.rewrite(source, "flow", ("influence_graph", "potentail"), ())
+    with pytest.raises(make.AssignmentError, match="no top-level name 'gone'"):
+        make.rewrite(source, "flow", ("influence_graph",), ("gone",))
+    with pytest.raises(make.AssignmentError, match="'f' has no docstring"):
+        make.rewrite("def f(x):\n    return x\n", "m", ("f",), ())
+    bug = bugs.Bug("a1_flow", "x", "x", "flow", "potential", (("no such text", ""),))
+    with pytest.raises(make.AssignmentError, match="occurs 0 times in flow.potential"):
+        bugs.patched_source(bug)
+
+
+def test_rewrite_keeps_what_is_used():
+    source = (
+        '"""Doc."""\n\nimport math\nimport os\n\nLIMIT = 3\n\n\n'
+        "def helper(x):\n    return math.sqrt(x)\n\n\n"
+        '# about f\ndef f(x: int, n: int = LIMIT) -> float:\n    """Spec of f."""\n'
+        "    return helper(x) * n\n\n\n"
+        "def unrelated():\n    return os.getcwd()\n"
+    )
+    out = make.rewrite(source, "m", ("f",), ())
+    assert out == (
+        '"""Doc."""\n\nLIMIT = 3\n\n\n'
+        '# about f\ndef f(x: int, n: int = LIMIT) -> float:\n    """Spec of f."""\n'
+        '    raise NotImplementedError("m.f: write it (its docstring is the specification)")\n'
+    )
+    kept = make.rewrite(source, "m", ("f",), ("helper",))
+    assert "def helper" in kept and "import math" in kept and "import os" not in kept
+
+
+def test_make_is_deterministic(stubs, tmp_path):
+    again = tmp_path / "again"
+    for a in make.ASSIGNMENTS:
+        make.build(a, again)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes()
+                for p in sorted(root.rglob("*")) if p.is_file() and p.name != "results.json"}
+
+    assert files(again) == files(stubs)
+    zips = [make.autograder_zip(make.BY_NAME["a1_flow"], tmp_path / z, tmp_path / f"b{z}")
+            for z in ("z1", "z2")]
+    assert zips[0].read_bytes() == zips[1].read_bytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_handout_runs_without_the_repository(tmp_path, name):
+    """A solution handout copied far from the repository passes its own visible checks with
+    `python grade.py .` (isolated mode: no PYTHONPATH, no current directory on sys.path), and
+    what its files import is in it or in its requirements.txt."""
+    built = bugs.solution_handout(name, tmp_path / "build")
+    folder = shutil.copytree(built, tmp_path / "far" / name)
+    _, third = make.dependencies([*folder.glob("*.py"), *folder.glob("checks/*.py")], root=folder)
+    listed = set((folder / "requirements.txt").read_text().splitlines())
+    assert set(make.requirements(third)) <= listed  # a missing local module would show up here
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-I", *args], cwd=folder, capture_output=True,
+                              text=True, timeout=300, env=env, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done
+
+    done = run("grade.py", ".")
+    results = json.loads((folder / "results.json").read_text())
+    assert results["score"] == max_score(results) > 0, done.stdout
+    for script in make.BY_NAME[name].entry_points:
+        run(script, "--help")
