@@ -33,6 +33,7 @@ import json
 import re
 import shutil
 import sys
+import textwrap
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -432,13 +433,12 @@ def _check_table(checks: list[CheckInfo]) -> str:
     rows = ["| points | test | visible now |", "|---|---|---|"]
     for c in checks:
         shown = "yes" if c.visibility == "visible" else "after the deadline"
-        rows.append(f"| {c.points:g} | {c.doc} | {shown} |")
+        rows.append(f"| {c.points:g} | {c.doc.replace('|', '&#124;')} | {shown} |")
     total = sum(c.points for c in checks)
     hidden = sum(c.points for c in checks if c.visibility != "visible")
-    rows.append(f"\nTotal {total:g} points, of which {hidden:g} in tests you see after the "
-                "deadline (the same functions, more cases: passing the visible tests is not "
-                "enough).")
-    return "\n".join(rows)
+    note = (f"Total {total:g} points, of which {hidden:g} in tests you see after the deadline (the "
+            "same functions, more cases: passing the visible tests is not enough).")
+    return "\n".join(rows) + "\n\n" + textwrap.fill(note, 100)
 
 
 def _fill(template: str, sections: dict[str, str], where: Path) -> str:

@@ -139,7 +139,7 @@ def test_generate_matches_eager(rollout, handout):
     """generate(capture=True): the map built step by step with the KV cache equals eager's"""
     model, tok = tiny(handout)
     torch.manual_seed(0)
-    ro = rollout.generate(model, tok, PROMPTS, n=2, max_new_tokens=20, layers=[1, 2])
+    ro = rollout.generate(model, tok, PROMPTS, n=2, max_new_tokens=16, layers=[1, 2])
     want = eager(model, ro.input_ids, ro.attention_mask, [1, 2])
     expect_close(ro.attn, want, "attention captured during sampling (decode steps add one row "
                  "each) vs eager on the sampled sequences", atol=1e-5, rtol=0)
@@ -150,9 +150,9 @@ def test_sampling_unchanged(rollout, handout):
     """capturing changes nothing that is sampled (no in-place change of the queries or KV cache)"""
     model, tok = tiny(handout)
     torch.manual_seed(7)
-    on = rollout.generate(model, tok, PROMPTS, n=3, max_new_tokens=20, capture=True)
+    on = rollout.generate(model, tok, PROMPTS, n=2, max_new_tokens=16, capture=True)
     torch.manual_seed(7)
-    off = rollout.generate(model, tok, PROMPTS, n=3, max_new_tokens=20, capture=False)
+    off = rollout.generate(model, tok, PROMPTS, n=2, max_new_tokens=16, capture=False)
     same = on.input_ids.shape == off.input_ids.shape and torch.equal(on.input_ids, off.input_ids)
     expect(same, "the sampled tokens differ with capture on and off (same seed): the capture "
            "must only read query and key, never write to them (the key is the KV cache)")

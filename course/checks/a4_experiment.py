@@ -2,7 +2,7 @@
 intervention counts it points to) are present, consistent with each other, and summarised with the
 confidence intervals the handout specifies. The written report is graded by hand.
 
-Standard library only. Numbers are compared with ABS_TOL (accuracies carry 3 decimals).
+Standard library only. Numbers are compared to ABS_TOL: the handout asks for 4 decimals or more.
 """
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from grade import Failure, check, expect, fmt
 
-ABS_TOL = 1e-3
+ABS_TOL = 1e-4
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
          9: 2.262, 10: 2.228}  # two-sided 95% Student t quantiles by degrees of freedom
 Z_975 = 1.959964
