@@ -31,6 +31,14 @@ def report(handout: Path) -> dict:
     return data
 
 
+def at(data: dict, *path: str):
+    """data[path[0]][path[1]]..., failing with the dotted path when report.json lacks it."""
+    for key in path:
+        expect(isinstance(data, dict) and key in data, f"report.json has no {'.'.join(path)}")
+        data = data[key]
+    return data
+
+
 def runs_of(handout: Path) -> list[dict]:
     runs = report(handout).get("runs")
     expect(isinstance(runs, list) and runs, "report.json has no non-empty list 'runs'")
@@ -221,8 +229,7 @@ def test_means_and_sample_sds(handout):
     """per strategy: mean and sample standard deviation (n - 1) of after, and the mean gain"""
     data = report(handout)
     for c, rs in by_credit(runs_of(handout)).items():
-        part = data["credit"].get(c)
-        expect(isinstance(part, dict), f"report.json credit has no entry {c!r}")
+        part = at(data, "credit", c)
         m, sd = mean_sd([r["after"] for r in rs])
         expect_near(part.get("after_mean"), m, f"credit {c}: after_mean")
         if near(part.get("after_sd"), sd * math.sqrt((len(rs) - 1) / len(rs))):
@@ -238,7 +245,7 @@ def test_t_intervals(handout):
     """per strategy: 95% t intervals of after and of the gain (mean +- t * sd / sqrt(n))"""
     data = report(handout)
     for c, rs in by_credit(runs_of(handout)).items():
-        part = data["credit"][c]
+        part = at(data, "credit", c)
         want = t_interval([r["after"] for r in rs])
         m = (want[0] + want[1]) / 2
         got = part.get("after_ci95")
@@ -256,7 +263,7 @@ def test_t_intervals(handout):
 def test_paired_difference(handout):
     """difference: flow minus the other strategy, paired by seed, with its 95% t interval"""
     data = report(handout)
-    part = data["difference"]
+    part = at(data, "difference")
     strategies = part.get("strategies")
     groups = by_credit(runs_of(handout))
     expect(isinstance(strategies, list) and len(strategies) == 2 and strategies[0] == "flow"
@@ -298,8 +305,7 @@ def test_intervention_rates_and_wilson(handout):
     """per condition: pooled answer-change and correctness-reverse rates, 95% Wilson intervals"""
     part, counts = intervention(handout)
     for cond in CONDITIONS:
-        got = part["conditions"].get(cond)
-        expect(isinstance(got, dict), f"intervention.conditions has no {cond!r}")
+        got = at(part, "conditions", cond)
         c = counts["pooled"][cond]
         expect(got.get("n") == c["n"], f"{cond}: n = {got.get('n')}, the pooled count is {c['n']}"
                " (pool the seeds)")
@@ -318,13 +324,13 @@ def test_intervention_rates_and_wilson(handout):
 def test_conclusions_follow_from_the_intervals(handout):
     """conclusions: true exactly when the intervals say so (the handout's two rules)"""
     data = report(handout)
-    got = data["conclusions"]
-    lo, hi = data["difference"]["ci95"]
+    got = at(data, "conclusions")
+    lo, hi = at(data, "difference", "ci95")
     want = lo > 0
     expect(got.get("flow_better") is want, "conclusions.flow_better "
            f"is {got.get('flow_better')}, but the difference interval "
            f"[{fmt(lo)}, {fmt(hi)}] {'lies above' if want else 'does not lie above'} 0")
-    ci = {c: data["intervention"]["conditions"][c]["answer_change_ci95"] for c in CONDITIONS}
+    ci = {c: at(data, "intervention", "conditions", c, "answer_change_ci95") for c in CONDITIONS}
     ordered = ci["high"][0] > ci["random"][1] and ci["random"][0] > ci["low"][1]
     expect(got.get("high_above_random_above_low") is ordered, "conclusions."
            f"high_above_random_above_low is {got.get('high_above_random_above_low')}, but the "
