@@ -149,8 +149,9 @@ def potential(W: Tensor, answer_mask: Tensor, dtype: torch.dtype = torch.float64
     h(i) = sum_{k > i} W[i, k] h(k) for every other token: the total path weight from i to the sink.
     Solved as the upper-triangular system (I - W_A) h = 1_A, with W_A = W without its answer rows.
 
-    W: [..., T, T]; answer_mask: [..., T] bool. Returns h: [..., T] in `dtype` (float64 or float32).
-    For attention (column sums of W <= 1), 0 <= h <= |A|: h(i) is the expected number of backward
+    W: [..., T, T]; answer_mask: [..., T] bool. Returns h: [..., T] in `dtype` (float64 or float32):
+    the solve runs in `dtype` whatever W's dtype (a float32 or bf16 W is cast first). For
+    attention (column sums of W <= 1), 0 <= h <= |A|: h(i) is the expected number of backward
     attention walks from the answer tokens that visit i.
     """
     _check_square(W, "W")

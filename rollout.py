@@ -203,7 +203,7 @@ def _flowtracer_attention(module, query, key, value, attention_mask, dropout=0.0
                                   f"{_UNSUPPORTED_KWARGS}")
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     with capture.watch():
-        _add_head_mean(capture.attn, query, key, attention_mask, scale, capture.chunk_bytes)
+        add_head_mean(capture.attn, query, key, attention_mask, scale, capture.chunk_bytes)
     capture.calls[layer] += 1
     if layer == capture.stop_after:
         raise _StopForward
@@ -215,16 +215,20 @@ AttentionInterface.register(ATTN_NAME, _flowtracer_attention)
 AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 
-def _add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
-                   chunk_bytes: int):
-    """attn[:, rows of these queries, :k] += mean over heads of softmax(Q K^T * scale + mask).
+def add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None, scale: float,
+                  chunk_bytes: int):
+    """attn[:, k-q .. k-1, :k] += mean over heads of softmax(Q K^T * scale + mask) (eq. 8).
 
-    This is one layer's term of the layer-and-head mean a(x_k, x_i) of eq. (1); the softmax runs in
-    float32, as eager attention's does. The queries are processed in chunks so that the float32
-    scratch stays under chunk_bytes whatever the sequence length.
-
-    query [N, H, q, d], key [N, Hkv, k, d] (all keys so far: the queries are the last q of k
-    positions). mask: None (plain causal) or bool [N or 1, 1, q, k], True = may attend.
+    This is one layer's term of the layer-and-head mean a(x_k, x_i) of eq. (1), row = query,
+    column = key. attn: the [N, T, T] float32 capture buffer, added to (the other layers' terms are
+    already in it). query [N, H, q, d], key [N, Hkv, k, d]: all keys so far, the queries are the
+    last q of the k positions (q = k in a forward pass, q = 1 in a decode step). Grouped-query
+    attention: query head j reads KV head j // (H / Hkv), the order of transformers' repeat_kv.
+    mask: None (plain causal: the query at position p sees keys 0..p) or bool [N or 1, 1, q, k],
+    True = may attend; a query that may attend to nothing (left padding) adds a row of 0, not NaN.
+    As eager attention: Q K^T * scale in the model's dtype, softmax in float32. The queries are
+    processed in chunks so that the float32 scratch stays under chunk_bytes whatever T is.
+    query and key are only read: key is the model's KV cache.
     """
     n, h, q, d = query.shape
     hkv, k = key.shape[1], key.shape[2]

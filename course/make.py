@@ -81,14 +81,15 @@ ASSIGNMENTS: tuple[Assignment, ...] = (
         title="Credit and the surrogate: eqs. (6), (10), (5)/(11)",
         modules=(
             Module("flow", ("top_k_mask", "credit_weights")),
-            Module("grpo", ("group_advantages", "policy_loss")),
+            Module("grpo", ("group_advantages", "policy_loss"),
+                   keep=("_check_loss_inputs", "_loss_stats")),  # validation and statistics
         ),
         submit=("answers.md",),
     ),
     Assignment(
         name="a3_capture",
         title="Attention capture through transformers' AttentionInterface",
-        modules=(Module("rollout", ("_add_head_mean",), keep=ALL),),
+        modules=(Module("rollout", ("add_head_mean",), keep=ALL),),
         data=("tiny/qwen3-arith",),
         submit=("answers.md",),
     ),

@@ -2,7 +2,7 @@
 function adds into the capture buffer, graded against eager attention on the shipped tiny model.
 
 The expected maps come from transformers' eager attention (`output_attentions=True`), averaged over
-the layers and heads with padding rows and columns zeroed; the direct checks of `_add_head_mean`
+the layers and heads with padding rows and columns zeroed; the direct checks of `add_head_mean`
 compute softmax(Q K^T * scale) with a loop over heads.
 """
 
@@ -180,10 +180,10 @@ def direct_inputs(seed: int, n=2, h=4, hkv=2, q=3, k=5, d=8):
 
 @check(2, visibility="after_due_date")
 def test_queries_are_the_last_positions(rollout):
-    """_add_head_mean: q queries of k keys sit at positions k-q..k-1 (causal), rows written there"""
+    """add_head_mean: q queries of k keys sit at positions k-q..k-1 (causal), rows written there"""
     query, key = direct_inputs(seed=2)
     attn = torch.zeros(2, 7, 7)
-    rollout._add_head_mean(attn, query, key, None, 0.7, 1 << 27)
+    rollout.add_head_mean(attn, query, key, None, 0.7, 1 << 27)
     want = torch.zeros(2, 7, 7, dtype=torch.float64)
     want[:, 2:5, :5] = direct_expected(query, key, None, 0.7)
     expect_close(attn, want, "buffer after adding 3 queries at positions 2-4 over 5 keys (mask "
@@ -192,14 +192,14 @@ def test_queries_are_the_last_positions(rollout):
 
 @check(1, visibility="after_due_date")
 def test_mask_and_blocked_rows(rollout):
-    """_add_head_mean: a bool mask (True = may attend); a row that may attend nothing adds 0"""
+    """add_head_mean: a bool mask (True = may attend); a row that may attend nothing adds 0"""
     query, key = direct_inputs(seed=3, q=4, k=4)
     mask = torch.ones(2, 1, 4, 4, dtype=torch.bool).tril()
     mask[0, :, :, :2] = False  # sequence 0 is left-padded by 2: rows 0-1 see nothing
     mask[0, :, :2, :] = False
     mask[1, :, 3, 1] = False
     attn = torch.ones(2, 4, 4)  # the buffer already holds another layer's map
-    rollout._add_head_mean(attn, query, key, mask, 0.35, 1 << 27)
+    rollout.add_head_mean(attn, query, key, mask, 0.35, 1 << 27)
     expect(bool(torch.isfinite(attn).all()), "the buffer holds NaN or inf after a fully masked "
            "row (a left-pad query): such a row adds 0")
     want = 1 + direct_expected(query, key, mask, 0.35)

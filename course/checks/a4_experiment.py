@@ -17,7 +17,8 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 Z_975 = 1.959964
 CONDITIONS = ("high", "random", "low")
 RUN_KEYS = ("credit", "seed", "folder", "before", "after")
-SAME_CONFIG_EXCEPT = {"credit", "seed", "out", "resume", "overwrite"}
+SAME_CONFIG_EXCEPT = {"credit", "seed", "out", "resume", "overwrite", "save_every",
+                      "keep_checkpoints"}  # the rest decides what is trained
 
 
 def report(handout: Path) -> dict:
