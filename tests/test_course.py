@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "course"))
@@ -111,6 +112,21 @@ def test_reference_module_cannot_leak_in(stubs, tmp_path):
     results = grade.grade(folder)
     assert all("importing flow.py failed: SyntaxError" in t["output"] for t in results["tests"])
     assert sys.modules["flow"] is flow
+
+
+def test_grading_leaves_the_reference_rollout_working(stubs):
+    """Grading a3 imports a second rollout.py whose stub registers in transformers' global
+    AttentionInterface: the reference capture must still use its own function afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    import rollout
+
+    grade.grade(stubs / "a3_capture")
+    model = AutoModelForCausalLM.from_pretrained(ROOT / "tiny" / "qwen3-arith",
+                                                 attn_implementation="sdpa").eval()
+    ids = torch.tensor([[5, 9, 12, 7, 30]])
+    attn = rollout.capture_attention(model, ids, torch.ones_like(ids))
+    assert torch.allclose(attn.sum(-1), torch.ones(1, 5))
 
 
 def test_timeouts_and_crashes_are_reported(stubs, tmp_path):
