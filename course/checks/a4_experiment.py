@@ -18,7 +18,8 @@ Z_975 = 1.959964
 CONDITIONS = ("high", "random", "low")
 RUN_KEYS = ("credit", "seed", "folder", "before", "after")
 SAME_CONFIG_EXCEPT = {"credit", "seed", "out", "resume", "overwrite", "save_every",
-                      "keep_checkpoints"}  # the rest decides what is trained
+                      "keep_checkpoints", "allow_config_change", "plot_ema",
+                      "reward_workers"}  # the rest decides what is trained
 
 
 def report(handout: Path) -> dict:
@@ -172,6 +173,11 @@ def test_runs_are_complete_and_comparable(handout):
         expect(steps == list(range(1, config["steps"] + 1)), f"run {r['folder']} logged training "
                f"steps up to {max(steps, default=0)} of {config['steps']}: it did not finish (or "
                "was resumed badly): run it again")
+        state = folder / "run.json"  # train.py's own record: "finished" once the last step ran
+        if state.is_file():
+            finished = json.loads(state.read_text()).get("finished")
+            expect(finished is True, f"run {r['folder']}: its run.json says finished = "
+                   f"{finished}: the run stopped before its last step (--resume it)")
         at = [s for s, _ in evals(folder)]
         expect(at and at[0] == 0 and at[-1] == config["steps"], f"run {r['folder']} has held-out "
                f"evaluations at steps {at}: need one before training (0) and one at the end")
