@@ -5,6 +5,7 @@ accelerate never selects FSDP on CPU by itself (distributed.make_accelerator doe
 test checks that the parameters were DTensor shards of the expected size on each process.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -188,6 +190,20 @@ def test_fsdp_run_equals_the_ddp_run(uninterrupted):
         torch.testing.assert_close(wb[k], wa[k], rtol=0, atol=1e-6)
 
 
+def kill_9_with_workers(proc: subprocess.Popen) -> None:
+    """SIGKILL to the launcher and every process below it, as a crash would. torch's launcher
+    starts each worker in its own session, so killing the launcher's process group would leave the
+    workers running on."""
+    launcher = psutil.Process(proc.pid)
+    workers = launcher.children(recursive=True)
+    for p in [*workers, launcher]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(workers, timeout=60)
+    proc.wait(timeout=60)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+
+
 def _logged(out: Path, step: int) -> bool:
     """Whether metrics.jsonl holds `step` (a line being written may be incomplete: not yet)."""
     try:
@@ -204,7 +220,7 @@ def test_kill_9_then_resume_under_two_processes(sharding, uninterrupted, tmp_pat
     only the others re-ran the step-0 evaluation) until the timeout."""
     out = tmp_path / "run"
     proc = subprocess.Popen(_train(sharding, out), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + TIMEOUT
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -213,8 +229,7 @@ def test_kill_9_then_resume_under_two_processes(sharding, uninterrupted, tmp_pat
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, as a crash would
-        proc.wait()
+        kill_9_with_workers(proc)
     assert [p.name for p in runs.checkpoint_dirs(out)] == ["step-000002"]
 
     done = run(_train(sharding, out) + ["--resume"])
