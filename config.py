@@ -17,6 +17,7 @@ from pathlib import Path
 
 import credit
 import data
+import distributed
 import flow
 import rewards
 
@@ -99,6 +100,17 @@ class Config:
     preset: str = flag("tiny", "a named set of defaults (config.PRESETS)")
     allow_config_change: bool = flag(False, "--resume: apply flags that change what the run "
                                              "means (--lr, --seed, ...; recorded in run.json)")
+    # memory and sharding (memory.py, distributed.py)
+    sharding: str = flag("auto", "ddp (every process holds the whole model), fsdp (FSDP2: each "
+                                 "holds 1/N of it) or auto (ddp when the memory plan says it "
+                                 "fits, else fsdp)")
+    plan: bool = flag(False, "print the memory plan and exit (0: it fits) without loading the "
+                             "model")
+    num_gpus: int | None = flag(None, "the GPUs the memory plan is for (None: this run's "
+                                      "processes; with --plan, the GPUs here, else 1)")
+    gpu_memory_gb: float | None = flag(None, "memory per GPU the plan checks against, in GiB "
+                                             "(None: the device's; 80 with --plan and no GPU)")
+    plan_prompt_tokens: int = flag(64, "the prompt length the memory plan budgets for, in tokens")
 
 
 _QWEN3_MATH = dict(
@@ -108,6 +120,7 @@ _QWEN3_MATH = dict(
     # Qwen3-4B keeps 147 KB of KV cache per token: 4 prompts x 8 = 32 sequences of ~1.3K tokens
     # take ~6 GB next to the 64 GB of float32 weights, gradients and Adam state of DDP per GPU.
     generation_batch=4,
+    plan_prompt_tokens=512,  # the memory plan's budget for a DAPO / MATH prompt with its template
 )
 # 8K responses: 8 sequences per generate call (KV ~10 GB, attention 8 x 8.5K^2 x 4 B = 2.3 GB).
 _LONG = dict(generation_batch=1, micro_batch=8)
@@ -161,7 +174,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None,
                                  epilog=f"The defaults shown are those of --preset {known.preset}.")
     choices = {"credit": sorted(credit.CREDIT_STRATEGIES), "template": list(data.TEMPLATES),
                "aggregation": ["seq-mean", "token-mean"], "preset": sorted(PRESETS),
-               "answer_fallback": list(rewards.FALLBACKS)}
+               "answer_fallback": list(rewards.FALLBACKS), "sharding": list(distributed.SHARDINGS)}
     ap.add_argument("--show-config", action="store_true",
                     help="print the resolved configuration (preset, then flags) as JSON and exit")
     for f in dataclasses.fields(Config):
@@ -308,6 +321,14 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
         ("preset", c.preset in PRESETS, f"must be one of {sorted(PRESETS)}"),
         ("allow_config_change", isinstance(c.allow_config_change, bool)
          and (c.resume or not c.allow_config_change), "applies to --resume only"),
+        ("sharding", c.sharding in distributed.SHARDINGS,
+         f"must be one of {list(distributed.SHARDINGS)}"),
+        ("plan", isinstance(c.plan, bool), "must be true or false"),
+        ("num_gpus", c.num_gpus is None or _int(c.num_gpus, 1), "must be >= 1 (or none)"),
+        ("gpu_memory_gb", c.gpu_memory_gb is None
+         or _real(c.gpu_memory_gb, 0, inf, open_low=True, open_high=True),
+         "must be finite and > 0 (or none)"),
+        ("plan_prompt_tokens", _int(c.plan_prompt_tokens, 1), "must be >= 1"),
     ]
 
 

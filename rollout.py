@@ -387,9 +387,12 @@ def generate(
     prompt_mask = enc["attention_mask"].repeat_interleave(n, dim=0).to(model.device)  # [N, P]
     num, width = prompt_ids.shape
     eos = eos_ids(model, tokenizer)
+    # synced_gpus=False: every process samples on its own. transformers turns it on for sharded
+    # models, and its extra forward passes (after this process's sequences have ended) would break
+    # the capture's call count; under FSDP, train.py gathers the whole model first.
     kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k,
                   max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                  eos_token_id=eos or None, return_dict_in_generate=True)
+                  eos_token_id=eos or None, return_dict_in_generate=True, synced_gpus=False)
     kwargs.update(generate_kwargs)
 
     attn, layers_used, watch = None, None, _Stopwatch(prompt_ids.device)

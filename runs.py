@@ -47,7 +47,8 @@ PER_INVOCATION = ("out", "resume", "overwrite", "allow_config_change")
 # saves, where it reads its files, or its memory, not the updates it makes (micro-batches and
 # generation batches change float rounding and the order of random draws, not the algorithm).
 RESUME_SAFE = ("eval_every", "save_every", "keep_checkpoints", "reward_workers", "micro_batch",
-               "generation_batch", "gradient_checkpointing", "plot_ema", "data_dir")
+               "generation_batch", "gradient_checkpointing", "plot_ema", "data_dir",
+               "num_gpus", "gpu_memory_gb", "plan_prompt_tokens")  # the last three: memory.py
 
 
 def _note(message: str) -> None:

@@ -2,8 +2,9 @@
 
     python train.py                               # the embedded default: tiny Qwen3, CPU
     python train.py --credit uniform              # the same run with plain GRPO credit
-    python train.py --preset qwen3-4b-math-1k     # the paper's setup (Sec. 4, App. C.3) on one GPU
+    python train.py --preset qwen3-8b-math-1k --plan --num-gpus 8   # memory per GPU; loads nothing
     accelerate launch --config_file configs/accelerate/ddp.yaml train.py --preset qwen3-4b-math-1k
+                                                  # the paper's setup (Sec. 4, App. C.3), 8 GPUs
     python train.py --out runs/x --resume         # continue from the last checkpoint of runs/x
 
 One step is one optimizer update (the paper's rollout batch is its global batch):
@@ -17,6 +18,8 @@ One step is one optimizer update (the paper's rollout batch is its global batch)
   3. credit   gamma [B, T] of the chosen strategy (credit.py); for `flow`, eqs. (1)-(6) via flow.py.
   4. update   the gamma-weighted clipped surrogate of eq. (5) (grpo.policy_loss), accumulated over
               micro-batches, normalised over the whole global batch, one AdamW step.
+With several processes, DDP or FSDP2 (--sharding; distributed.py); the memory plan (memory.py) is
+printed at start, and a run predicted not to fit stops before the model is loaded.
 Held-out accuracy is measured greedily before training, every eval_every steps and at the end; the
 run prints `held-out accuracy: BEFORE -> AFTER` and leaves metrics.jsonl, curves.png and checkpoints
 in the run folder (runs.py). The configuration and presets are in config.py.
@@ -42,6 +45,7 @@ import credit
 import data
 import distributed
 import grpo
+import memory
 import rewards
 import rollout
 import runs
@@ -64,6 +68,7 @@ class Policy(torch.nn.Module):
     def __init__(self, lm: torch.nn.Module, temperature: float):
         super().__init__()
         self.lm, self.temperature = lm, temperature
+        self._no_split_modules = lm._no_split_modules  # FSDP's units: one per decoder layer
 
     def forward(self, input_ids, attention_mask, return_entropy: bool = False):
         return grpo.token_logprobs(self.lm, input_ids, attention_mask, self.temperature,
@@ -264,7 +269,8 @@ def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenize
     eos = rollout.eos_ids(policy.lm, tokenizer)
     timer, pieces, sums = Timer(), [], Counter()
     chosen = examples_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
-    with accelerator.split_between_processes(chosen) as mine, accelerator.autocast():
+    with accelerator.split_between_processes(chosen) as mine, accelerator.autocast(), \
+            distributed.full_parameters(accelerator, model):
         size = cfg.generation_batch or len(mine)
         for start in range(0, len(mine), size):
             part = mine[start : start + size]
@@ -277,6 +283,7 @@ def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenize
                 pieces.append(credit_batch(cfg, r, keep, advantages, policy, step,
                                            accelerator.process_index, tokenizer))
             sums.update(piece_sums)
+            del r  # its [N, T, T] attention: not kept through the next piece or the update
     batch = Batch.cat(pieces, tokenizer.pad_token_id)
     with timer("update"):
         stats = update(cfg, accelerator, model, optimizer, batch)
@@ -312,7 +319,7 @@ def held_out_accuracy(cfg: Config, accelerator: Accelerator, model, tokenizer, e
     policy: Policy = accelerator.unwrap_model(model)
     policy.lm.eval()
     with accelerator.split_between_processes(examples) as mine, torch.no_grad(), \
-            accelerator.autocast():
+            accelerator.autocast(), distributed.full_parameters(accelerator, model):
         scores = []
         if mine:
             result = evaluate(policy.lm, tokenizer, mine, n=1, temperature=0.0,
@@ -342,9 +349,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg.out or ROOT / "runs" / f"{cfg.preset}-{cfg.credit}-seed{cfg.seed}")
     cfg = runs.resumed_config(cfg, argv, out)  # --resume: the run's own flags under those given
     validate(cfg)  # every flag, before anything heavy
+    if cfg.plan:  # the memory plan alone: the model's config.json, no GPU, no weights
+        raise SystemExit(memory.plan_command(cfg))
     cli.check_gpu(cfg.preset, cfg.model, PRESETS)
     cli.check_model(cfg.model)
-    accelerator = distributed.make_accelerator(cfg.bf16)
+    plan = memory.check_run(cfg)  # a run predicted not to fit stops here, naming the fixes
+    accelerator = distributed.make_accelerator(cfg.bf16, plan.sharding)
+    accelerator.print(memory.report(cfg, plan))
     if cfg.prompts_per_step % accelerator.num_processes:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the "
                          f"number of processes ({accelerator.num_processes})")
@@ -356,7 +367,9 @@ def main(argv: list[str] | None = None) -> dict:
     kinds = {e.kind for e in train_examples}
     if len(kinds) != 1:
         raise SystemExit(f"{cfg.data}: training examples mix reward kinds {sorted(kinds)}")
-    lm, tokenizer = load_for_training(cfg, accelerator.device)
+    # FSDP moves each process's shards to its device itself: the whole model never lands there
+    lm, tokenizer = load_for_training(cfg, torch.device("cpu") if accelerator.is_fsdp2
+                                      else accelerator.device)
     if accelerator.is_main_process:
         cli.warn_unencodable("train.py", tokenizer,
                              {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
@@ -371,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    model, optimizer = accelerator.prepare(policy, optimizer)
+    model, optimizer = distributed.prepare(accelerator, policy, optimizer)
     # not prepared: accelerate would step it once per process
     accelerator.register_for_checkpointing(scheduler)
 

@@ -1,29 +1,32 @@
 """One train.update on a fixed global batch, in 1 or N processes; saves the updated weights.
 
-Run by tests/test_train.py, as `python tests/ddp_update.py OUT AGG` and as
-`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 tests/ddp_update.py
-OUT AGG`. Every process builds the same 16-sequence batch (same seed) and takes its shard: 13 rows
-on process 0 and 3 on process 1, so process 1 runs zero-weight passes to keep in step. SGD with
-lr 1 makes the weight change equal the (clipped) gradient, so the comparison does not go through
-Adam's sign-like first step.
+Run by tests/test_train.py and tests/test_distributed.py, as `python tests/ddp_update.py OUT AGG`
+and as `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2
+tests/ddp_update.py OUT AGG [SHARDING]` (SHARDING: ddp, the default, or fsdp). Every process
+builds the same 16-sequence batch (same seed) and takes its shard: 13 rows on process 0 and 3 on
+process 1, so process 1 runs zero-weight passes to keep in step. SGD with lr 1 makes the weight
+change equal the (clipped) gradient, so the comparison does not go through Adam's sign-like first
+step. Each process also writes OUT.rank<i>.json: the type, placements and local shape of every
+parameter as the update saw it (under FSDP, this process's shard of it).
 """
 
+import json
 import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import tasks  # noqa: E402
 import distributed  # noqa: E402
 import rollout  # noqa: E402
+import tasks  # noqa: E402
 import train  # noqa: E402
 
 
-def main(out: str, aggregation: str) -> None:
+def main(out: str, aggregation: str, sharding: str) -> None:
     torch.set_num_threads(1)
-    accelerator = Accelerator(cpu=True)
+    accelerator = distributed.make_accelerator(bf16=False, sharding=sharding)
     cfg = train.Config(micro_batch=3, aggregation=aggregation, max_grad_norm=1e9)
     lm, tokenizer = train.load_for_training(cfg, accelerator.device)
     torch.manual_seed(0)
@@ -38,15 +41,25 @@ def main(out: str, aggregation: str) -> None:
     shard = batch.rows(shards[accelerator.process_index])
 
     policy = train.Policy(lm, temperature=1.0)
-    model, optimizer = accelerator.prepare(policy, torch.optim.SGD(policy.parameters(), lr=1.0))
+    model, optimizer = distributed.prepare(accelerator, policy,
+                                           torch.optim.SGD(policy.parameters(), lr=1.0))
     stats = train.update(cfg, accelerator, model, optimizer, shard)
+    layout = {name: {"type": type(p).__name__, "local": list(_local(p).shape),
+                     "placements": [repr(x) for x in getattr(p, "placements", [])]}
+              for name, p in model.named_parameters()}
+    Path(f"{out}.rank{accelerator.process_index}.json").write_text(json.dumps(layout))
+    state = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
     if accelerator.is_main_process:
-        state = accelerator.unwrap_model(model).lm.state_dict()
-        weights = {k: v.detach().cpu() for k, v in state.items()}
-        torch.save({"weights": weights, "loss": stats["loss"]}, out)
+        weights = {k.removeprefix("lm."): v.detach().cpu() for k, v in state.items()}
+        torch.save({"weights": weights, "loss": stats["loss"],
+                    "processes": accelerator.num_processes}, out)
     del model, optimizer
     distributed.shut_down(accelerator)
 
 
+def _local(p: torch.Tensor) -> torch.Tensor:
+    return p.to_local() if isinstance(p, DTensor) else p
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")

@@ -1,0 +1,264 @@
+"""Measured peak memory of each phase of a training step against memory.py's plan.
+
+    python benchmarks/memory_check.py                  # CPU: the tiny configurations of CONFIGS
+    python benchmarks/memory_check.py --only small-ddp2
+
+Each configuration runs in fresh processes (2 of them, through accelerate launch, for the DDP and
+FSDP rows) with a randomly initialised Qwen3 of the given shape and prompts of exactly
+`prompt` tokens (a word-level tokenizer: token i is the word "t<i>"); generation is forced to
+`new` tokens, so T is known. The phases are train.py's own functions in train.py's order:
+  sample    rollout.generate with the attention capture, inside distributed.full_parameters
+  credit    train.credit_batch (the flow solve), still inside the gathered block
+  update    train.update: forward + backward of every micro-batch and the AdamW step (the plan's
+            max of update and step)
+  evaluate  greedy rollout.generate of micro_batch x 4 prompts, as train.held_out_accuracy
+after one warm-up update, so that AdamW's moments exist as they do from step 2 on; and
+  gathered  the memory that entering distributed.full_parameters adds (FSDP's gathered copy).
+Measured: the
+peak above the process's memory before the model was built. On CPU that is the peak resident set
+size (VmHWM, reset through /proc/self/clear_refs before each phase; glibc is told to return freed
+blocks above 64 KiB to the system, MALLOC_MMAP_THRESHOLD_, so the peak is live memory, not heap
+left over); on CUDA torch.cuda.max_memory_allocated. Prints predicted and measured MB per phase,
+per process (the largest over processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MB = 1 << 20
+# shape: a Qwen3Config's fields; run: train.Config fields; prompt/new: tokens; processes/sharding
+SMALL = dict(vocab_size=32768, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+             num_attention_heads=8, num_key_value_heads=4, head_dim=64, tie_word_embeddings=True)
+LONG = dict(vocab_size=4096, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=32, tie_word_embeddings=True)
+CONFIGS = {
+    "small": dict(shape=SMALL, run=dict(micro_batch=8, generation_batch=2, group_size=4),
+                  prompt=96, new=160, processes=1, sharding="ddp"),
+    "small-ckpt-bf16": dict(shape=SMALL, run=dict(micro_batch=8, generation_batch=2,
+                                                  group_size=4, bf16=True,
+                                                  gradient_checkpointing=True),
+                            prompt=96, new=160, processes=1, sharding="ddp"),
+    "long": dict(shape=LONG, run=dict(micro_batch=4, generation_batch=16, group_size=4),
+                 prompt=128, new=384, processes=1, sharding="ddp"),
+    "small-ddp2": dict(shape=SMALL, run=dict(micro_batch=8, generation_batch=2, group_size=4),
+                       prompt=96, new=160, processes=2, sharding="ddp"),
+    "small-fsdp2": dict(shape=SMALL, run=dict(micro_batch=8, generation_batch=2, group_size=4),
+                        prompt=96, new=160, processes=2, sharding="fsdp"),
+}
+PHASES = ("gathered", "sample", "credit", "update", "evaluate")
+
+
+# --------------------------------------------------------------------------------------------------
+# Peak memory
+
+
+class Peak:
+    """Peak bytes above a baseline: CUDA's allocator statistics, or the process's VmHWM."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.baseline = self._now()
+
+    def current(self) -> int:
+        """Bytes in use now, above the baseline."""
+        return self._now() - self.baseline
+
+    def _now(self) -> int:
+        if self.cuda:
+            import torch
+
+            return torch.cuda.memory_allocated()
+        return _status_kb("VmRSS") * 1024
+
+    def reset(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+    def read(self) -> int:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.baseline
+        return _status_kb("VmHWM") * 1024 - self.baseline
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+# --------------------------------------------------------------------------------------------------
+# One process: the phases of a step
+
+
+def word_tokenizer(vocab: int):
+    """A tokenizer whose token i is the word "t<i>": prompts of an exact length, no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="t0", eos_token="t1",
+                                   unk_token="t0")
+
+
+def measure(shape: dict, run: dict, prompt: int, new: int, sharding: str) -> dict:
+    """{phase: (predicted bytes, measured bytes)} of this process for one configuration."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    import distributed
+    import memory
+    import rollout
+    import train
+
+    cuda = torch.cuda.is_available()
+    tokenizer = word_tokenizer(shape["vocab_size"])  # before the baseline: not GPU memory
+    peak = Peak(cuda)
+    torch.set_num_threads(1)
+    accelerator = distributed.make_accelerator(run.get("bf16", False), sharding)
+    n = accelerator.num_processes
+    cfg = train.Config(**run, prompts_per_step=run["generation_batch"] * n,
+                       max_new_tokens=new, plan_prompt_tokens=prompt, credit="flow",
+                       min_difficulty=0, max_difficulty=1)
+    config = Qwen3Config(**shape, max_position_embeddings=prompt + new + 8)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if cfg.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.generation_config.eos_token_id = 1
+    if not accelerator.is_fsdp2:
+        lm.to(accelerator.device)
+    policy = train.Policy(lm, cfg.temperature)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
+    model, optimizer = distributed.prepare(accelerator, policy, optimizer)
+    plan = memory.plan(cfg, n, sharding, 1 << 40, "cuda" if cuda else "cpu",
+                       memory.shape_of_config(config, "random"))
+
+    generator = torch.Generator().manual_seed(1 + accelerator.process_index)
+
+    def prompts(count: int) -> list[str]:
+        ids = torch.randint(2, shape["vocab_size"], (count, prompt), generator=generator)
+        return [" ".join(f"t{i}" for i in row) for row in ids.tolist()]
+
+    def fixed(lm, count: int, **kwargs):
+        return rollout.generate(lm, tokenizer, prompts(count),
+                                max_new_tokens=new, min_new_tokens=new, chat_template=False,
+                                **kwargs)
+
+    # warm-up: one update on random rows, so that AdamW's moments exist
+    rows = cfg.micro_batch
+    ids = torch.randint(2, shape["vocab_size"], (rows, prompt + new), generator=generator)
+    response = torch.arange(prompt + new).expand(rows, -1) >= prompt  # [rows, T]
+    warm = train.Batch(ids.to(accelerator.device), torch.ones_like(ids).to(accelerator.device),
+                       response.to(accelerator.device), torch.ones(ids.shape),
+                       torch.randn(rows, generator=generator))
+    train.update(cfg, accelerator, model, optimizer, warm)
+    del warm
+
+    measured = {}
+    before = peak.current()
+    with distributed.full_parameters(accelerator, model), accelerator.autocast():
+        measured["gathered"] = peak.current() - before  # FSDP's gathered copy (DDP: nothing)
+        peak.reset()
+        r = fixed(lm, run["generation_batch"], n=cfg.group_size, capture=True)
+        measured["sample"] = peak.read()
+        r.answer_mask = r.response_mask & (r.response_mask.cumsum(-1) > new - 4)  # last 4 tokens
+        keep = torch.ones(len(r.texts), dtype=torch.bool)
+        advantages = torch.randn(len(r.texts), generator=generator)
+        peak.reset()
+        batch = train.credit_batch(cfg, r, keep, advantages, policy, 0, accelerator.process_index)
+        measured["credit"] = peak.read()
+    del r
+    peak.reset()
+    train.update(cfg, accelerator, model, optimizer, batch)
+    measured["update"] = peak.read()
+    del batch
+    with distributed.full_parameters(accelerator, model), accelerator.autocast():
+        peak.reset()
+        fixed(lm, cfg.micro_batch * 4, n=1, capture=False, **rollout.GREEDY)
+        measured["evaluate"] = peak.read()
+    predicted = {p: plan.peak(p) for p in PHASES if p != "gathered"}
+    predicted["update"] = max(plan.peak("update"), plan.peak("step"))
+    # the row is FSDP's gathered copy (under DDP, bf16 autocast's cache: built during sampling)
+    predicted["gathered"] = 0
+    if sharding == "fsdp":
+        predicted["gathered"] = plan.rows["whole model in the compute dtype (sampling)"]
+    result = {p: (predicted[p], measured[p]) for p in PHASES}
+    del model, optimizer, policy, lm
+    distributed.shut_down(accelerator)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+
+
+def run_config(name: str, spec: dict, timeout: int) -> dict:
+    """Runs `spec` in fresh processes; {phase: (predicted, largest measured over processes)}."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error",
+               MALLOC_MMAP_THRESHOLD_="65536")
+    worker = [str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    if spec["processes"] == 1:
+        cmd = [sys.executable] + worker
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs" / "accelerate" / "ddp.yaml"), "--num_processes",
+               str(spec["processes"]), "--main_process_port", "0"] + worker
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+    results = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines()
+               if line.startswith("RESULT ")]
+    return {p: (results[0][p][0], max(r[p][1] for r in results)) for p in PHASES}
+
+
+def table_row(name: str, phase: str, predicted: float, measured: float) -> str:
+    ratio = f"{measured / predicted:14.2f}" if predicted else f"{'-':>14s}"
+    return f"{name:>16s} {phase:>9s} {predicted / MB:9.0f} {measured / MB:12.0f} {ratio}"
+
+
+def main(argv: list[str] | None = None) -> list[tuple]:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", choices=sorted(CONFIGS), help="configurations to run")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    args = ap.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        result = measure(spec["shape"], spec["run"], spec["prompt"], spec["new"],
+                         spec["sharding"])
+        print("RESULT " + json.dumps(result), flush=True)
+        return []
+    rows = []
+    print(f"{'config':>16s} {'phase':>9s} {'plan MB':>9s} {'measured MB':>12s} "
+          f"{'measured/plan':>14s}")
+    for name in args.only or CONFIGS:
+        for phase, (predicted, measured) in run_config(name, CONFIGS[name], args.timeout).items():
+            rows.append((name, phase, predicted, measured))
+            print(table_row(name, phase, predicted, measured), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
