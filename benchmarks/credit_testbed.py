@@ -48,7 +48,7 @@ CREDITS = ["uniform", "flow", "flow-bottom", "random", "entropy"]
 # other strategy ran; --ratio 0.4 and --gamma 1.5 (the paper's) are this script's flags.
 TESTBED = ["--data", "chain", "--eval-data", "chain", "--model", str(MODEL),
            "--max-new-tokens", "256", "--prompts-per-step", "8", "--group-size", "8",
-           "--steps", "20", "--eval-every", "4", "--lr", "1e-4"]
+           "--steps", "10", "--eval-every", "5", "--lr", "1e-4"]
 
 
 # --------------------------------------------------------------------------------------------------
