@@ -1,5 +1,4 @@
-"""Held-out accuracy of the embedded default over seeds, for several credit strategies (the README's
-table).
+"""Held-out accuracy of the embedded default over seeds, per credit strategy (the README's table).
 
     python benchmarks/credit_seeds.py --credits flow uniform --seeds 0 1 2 --jobs 2
 

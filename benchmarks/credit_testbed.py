@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from credit_seeds import run, summarise
 
+import credit
+import flow
 import grpo
 import rollout
 import tasks
@@ -45,7 +47,8 @@ MODEL = ROOT / "tiny" / "qwen3-chain"
 RANDOM_DRAWS = 10  # the look inside averages the random set's shares over this many draws
 CREDITS = ["uniform", "flow", "flow-bottom", "random", "entropy"]
 # The budget of one run. lr and steps were chosen on uniform runs only (docs/testbed.md), before any
-# other strategy ran; --ratio 0.4 and --gamma 1.5 (the paper's) are this script's flags.
+# other strategy ran; --ratio and --gamma (the paper's flow.RATIO 0.4 and flow.GAMMA 1.5) are this
+# script's flags.
 TESTBED = ["--data", "chain", "--eval-data", "chain", "--model", str(MODEL),
            "--max-new-tokens", "256", "--prompts-per-step", "8", "--group-size", "8",
            "--steps", "10", "--eval-every", "5", "--lr", "1e-4"]
@@ -99,15 +102,15 @@ def compare(rows: list[dict], credits: list[str], baseline: str = "uniform") -> 
     the baseline paired by seed."""
     by = {(r["credit"], r["seed"]): r for r in rows}
     out = []
-    for credit in credits:
-        mine = [r for r in rows if r["credit"] == credit]
-        entry = {"credit": credit, "seeds": [r["seed"] for r in mine]}
+    for strategy in credits:
+        mine = [r for r in rows if r["credit"] == strategy]
+        entry = {"credit": strategy, "seeds": [r["seed"] for r in mine]}
         for metric in ("after", "auc"):
             entry[metric] = spread([r[metric] for r in mine])
             common = [r["seed"] for r in mine if (baseline, r["seed"]) in by]
-            if credit != baseline and common:
+            if strategy != baseline and common:
                 entry[f"{metric}_vs_{baseline}"] = paired(
-                    [by[(credit, s)][metric] - by[(baseline, s)][metric] for s in common])
+                    [by[(strategy, s)][metric] - by[(baseline, s)][metric] for s in common])
         out.append(entry)
     return out
 
@@ -120,13 +123,13 @@ def plot(rows: list[dict], credits: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for credit in credits:
-        curves = [r["curve"] for r in rows if r["credit"] == credit]
+    for strategy in credits:
+        curves = [r["curve"] for r in rows if r["credit"] == strategy]
         steps = [s for s, _ in curves[0]]
         acc = torch.tensor([[a for _, a in c] for c in curves])  # [seeds, evaluations]
         mean = acc.mean(0)
         sd = acc.std(0) if len(curves) > 1 else torch.zeros_like(mean)
-        ax.plot(steps, mean, label=f"{credit} ({len(curves)} seeds)")
+        ax.plot(steps, mean, label=f"{strategy} ({len(curves)} seeds)")
         ax.fill_between(steps, mean - sd, mean + sd, alpha=0.15)
     ax.set(xlabel="RL step", ylabel="held-out accuracy (greedy)",
            title="chain testbed: mean over seeds, band = +-1 sd")
@@ -186,8 +189,8 @@ def look_inside(model_path: Path, prompts: int, samples: int, seed: int, ratio: 
         draws = RANDOM_DRAWS if strategy == "random" else 1
         shares = torch.zeros(draws, 2)  # [draws, (deciding, all response tokens)]
         for k in range(draws):
-            g = grpo.credit_gamma(strategy, r, ratio=ratio, gamma=gamma, entropy=entropy,
-                                  generator=generator)
+            g = credit.credit_gamma(strategy, r, ratio=ratio, gamma=gamma, entropy=entropy,
+                                    generator=generator)
             chosen = g > 1  # [B, T] the strategy's selected set (eq. 6 puts gamma > 1 on it)
             shares[k, 0] = (chosen & decide).sum() / decide.sum().clamp(min=1)
             shares[k, 1] = (chosen & response).sum() / response.sum().clamp(min=1)
@@ -219,8 +222,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep finished runs found in --out")
     ap.add_argument("--look-inside", type=int, default=64, metavar="PROMPTS", help="0: skip")
     ap.add_argument("--samples", type=int, default=4, help="responses per look-inside prompt")
-    ap.add_argument("--ratio", type=float, default=0.4, help="train.py --ratio; the look inside's")
-    ap.add_argument("--gamma", type=float, default=1.5, help="train.py --gamma; the look inside's")
+    ap.add_argument("--ratio", type=float, default=flow.RATIO, help="train.py --ratio, look inside")
+    ap.add_argument("--gamma", type=float, default=flow.GAMMA, help="train.py --gamma, look inside")
     ap.add_argument("--plot", type=Path, help="write the curves with +-1 sd bands here (PNG)")
     ap.add_argument("--json", type=Path, help="write every run and the statistics here")
     ap.add_argument("extra", nargs="*", help="train.py flags after --, overriding TESTBED")
@@ -231,11 +234,11 @@ def main() -> None:
     start = time.perf_counter()
 
     def one(job: tuple[str, int]) -> dict:
-        credit, seed = job
-        folder = args.out / f"{credit}-seed{seed}"
+        strategy, seed = job
+        folder = args.out / f"{strategy}-seed{seed}"
         if args.reuse and finished(folder):
-            return summarise(folder, credit, seed) | {"wall_s": math.nan}
-        return run(credit, seed, args.out, 1 if args.jobs > 1 else None, flags)
+            return summarise(folder, strategy, seed) | {"wall_s": math.nan}
+        return run(strategy, seed, args.out, 1 if args.jobs > 1 else None, flags)
 
     with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: a stopped comparison leaves pairs
         rows = list(pool.map(one, [(c, s) for s in args.seeds for c in args.credits]))

@@ -13,7 +13,7 @@ def test_answers_match_an_independent_evaluator():
     for _ in range(500):
         numbers, ops = task.sample(rng)
         # precedence by grammar
-        value, literals = rewards.parse_arithmetic(tasks.expression(numbers, ops))
+        value, literals = rewards.parse_countdown(tasks.expression(numbers, ops))
         assert literals == numbers
         assert task.problem(numbers, ops).answer == str(value)
 
@@ -115,14 +115,14 @@ def test_chain_answers_match_an_independent_evaluator_and_the_careful_trace():
     for _ in range(300):
         numbers, ops = task.sample(rng)
         assert task.min_operands <= len(numbers) <= task.max_operands
-        value, _ = rewards.parse_arithmetic(tasks.expression(numbers, ops))  # precedence by grammar
+        value, _ = rewards.parse_countdown(tasks.expression(numbers, ops))  # precedence by grammar
         gold = task.problem(numbers, ops).answer
         assert gold == str(int(value) % 10)
         careful = task.solution(numbers, ops)
         assert rewards.math_reward(careful, gold) == 1.0
         for line in careful.split("\n")[1:-1]:  # every restated expression keeps the value mod 10
             restated = line.split("so ")[1].rstrip(".")
-            assert int(rewards.parse_arithmetic(restated)[0]) % 10 == int(gold)
+            assert int(rewards.parse_countdown(restated)[0]) % 10 == int(gold)
 
 
 def test_chain_teacher_deciding_steps_decide_and_nothing_else_does():
