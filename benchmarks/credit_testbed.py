@@ -1,6 +1,7 @@
 """The credit-assignment testbed (docs/testbed.md): FlowTracer vs GRPO where token credit has work.
 
-    python benchmarks/credit_testbed.py --plot docs/testbed_curves.png --json docs/testbed.json
+    python benchmarks/credit_testbed.py --jobs 1 --plot docs/testbed_curves.png \
+        --json docs/testbed.json --table docs/testbed_table.txt
 
 Each run is `python train.py --credit C --seed S` on the chain task (tasks.ChainTask) from the warm
 start tiny/qwen3-chain, with the budget of TESTBED (train.py flags; flags after `--` override them).
@@ -12,8 +13,9 @@ the mean held-out accuracy over the budget, trapezoids between evaluations); per
 and sample sd over seeds; against uniform the paired difference with its 95% t-interval and the
 smallest difference these seeds can detect (two-sided 5%, power 80%). Then the look inside: on
 responses sampled from the warm start, the share of the deciding tokens (tasks.chain_decisions) that
-fall in each strategy's 40% set. --reuse keeps the finished runs found in --out (to redo the
-statistics, or to finish an interrupted comparison).
+fall in each strategy's 40% set (computed first). The tables, JSON and plot are rewritten after
+every run, so a stopped comparison keeps what it finished; --reuse keeps the finished runs found in
+--out (to redo the statistics, or to finish an interrupted comparison).
 """
 
 from __future__ import annotations
@@ -212,48 +214,16 @@ def finished(folder: Path) -> bool:
     return last["step"] == steps and "eval_accuracy" in last
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--credits", nargs="+", default=CREDITS)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each if > 1)")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "credit_testbed")
-    ap.add_argument("--reuse", action="store_true", help="keep finished runs found in --out")
-    ap.add_argument("--look-inside", type=int, default=64, metavar="PROMPTS", help="0: skip")
-    ap.add_argument("--samples", type=int, default=4, help="responses per look-inside prompt")
-    ap.add_argument("--ratio", type=float, default=flow.RATIO, help="train.py --ratio, look inside")
-    ap.add_argument("--gamma", type=float, default=flow.GAMMA, help="train.py --gamma, look inside")
-    ap.add_argument("--plot", type=Path, help="write the curves with +-1 sd bands here (PNG)")
-    ap.add_argument("--json", type=Path, help="write every run and the statistics here")
-    ap.add_argument("extra", nargs="*", help="train.py flags after --, overriding TESTBED")
-    args = ap.parse_args()
-    if "uniform" not in args.credits:
-        ap.error("--credits must include uniform, the baseline of the paired comparison")
-    flags = TESTBED + ["--ratio", str(args.ratio), "--gamma", str(args.gamma)] + args.extra
-    start = time.perf_counter()
-
-    def one(job: tuple[str, int]) -> dict:
-        strategy, seed = job
-        folder = args.out / f"{strategy}-seed{seed}"
-        if args.reuse and finished(folder):
-            return summarise(folder, strategy, seed) | {"wall_s": math.nan}
-        return run(strategy, seed, args.out, 1 if args.jobs > 1 else None, flags)
-
-    with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: a stopped comparison leaves pairs
-        rows = list(pool.map(one, [(c, s) for s in args.seeds for c in args.credits]))
+def table_text(rows: list[dict], credits: list[str], flags: list[str]) -> tuple[str, list[dict]]:
+    """The per-run rows and the per-strategy statistics as printed (and written to --table)."""
+    lines = [f"train.py {' '.join(flags)}",
+             f"{'credit':>12} {'seed':>4} {'before':>7} {'after':>7} {'AUC':>7} {'wall s':>7}"]
     for r in rows:
-        r["auc"] = area_under_curve(r["curve"])
-    runs_s = time.perf_counter() - start
-
-    print(f"train.py {' '.join(flags)}")
-    print(f"{'credit':>12} {'seed':>4} {'before':>7} {'after':>7} {'AUC':>7} {'wall s':>7}")
-    for r in rows:
-        print(f"{r['credit']:>12} {r['seed']:>4} {r['before']:7.3f} {r['after']:7.3f} "
-              f"{r['auc']:7.3f} {r['wall_s']:7.0f}")
-    table = compare(rows, args.credits)
-    print(f"\n{'credit':>12} {'after':>15} {'AUC':>15}   "
-          "paired vs uniform: mean [95% CI] (detectable)")
+        lines.append(f"{r['credit']:>12} {r['seed']:>4} {r['before']:7.3f} {r['after']:7.3f} "
+                     f"{r['auc']:7.3f} {r['wall_s']:7.0f}")
+    table = compare(rows, [c for c in credits if any(r["credit"] == c for r in rows)])
+    lines.append(f"\n{'credit':>12} {'after':>15} {'AUC':>15}   "
+                 "paired vs uniform: mean [95% CI] (detectable)")
     for e in table:
         line = (f"{e['credit']:>12} {e['after'][0]:7.3f} +-{e['after'][1]:.3f} "
                 f"{e['auc'][0]:7.3f} +-{e['auc'][1]:.3f}")
@@ -262,25 +232,96 @@ def main() -> None:
             if p:
                 line += (f"   {metric} {p['mean']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}] "
                          f"({p['detectable']:.3f})")
-        print(line)
-    print(f"runs: {len(rows)} in {runs_s / 60:.1f} min wall ({args.jobs} at a time)")
+        lines.append(line)
+    return "\n".join(lines), table
+
+
+def inside_text(inside: dict) -> str:
+    """The look inside as printed."""
+    head = (f"look inside: {inside['responses']} warm-start responses with an answer, "
+            f"{inside['deciding_tokens']} deciding tokens among {inside['response_tokens']} "
+            "response tokens")
+    lines = [head]
+    for strategy, s in inside["sets"].items():
+        lines.append(f"{strategy:>12}: {s['deciding_share']:.3f} of the deciding tokens, "
+                     f"{s['token_share']:.3f} of all response tokens")
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a cut never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--credits", nargs="+", default=CREDITS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "credit_testbed")
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs found in --out")
+    ap.add_argument("--look-inside", type=int, default=64, metavar="PROMPTS", help="0: skip")
+    ap.add_argument("--samples", type=int, default=4, help="responses per look-inside prompt")
+    ap.add_argument("--ratio", type=float, default=flow.RATIO, help="train.py --ratio, look inside")
+    ap.add_argument("--gamma", type=float, default=flow.GAMMA, help="train.py --gamma, look inside")
+    ap.add_argument("--plot", type=Path, help="write the curves with +-1 sd bands here (PNG)")
+    ap.add_argument("--json", type=Path, help="write every run and the statistics here")
+    ap.add_argument("--table", type=Path, help="write the printed tables here (text)")
+    ap.add_argument("extra", nargs="*", help="train.py flags after --, overriding TESTBED")
+    args = ap.parse_args()
+    if "uniform" not in args.credits:
+        ap.error("--credits must include uniform, the baseline of the paired comparison")
+    flags = TESTBED + ["--ratio", str(args.ratio), "--gamma", str(args.gamma)] + args.extra
+    start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the look inside runs in this process
 
     inside = None
-    if args.look_inside:
+    if args.look_inside:  # first: it is quick, and a cut comparison keeps it
         inside = look_inside(MODEL, args.look_inside, args.samples, seed=0, ratio=args.ratio,
                              gamma=args.gamma, max_new_tokens=256)
-        print(f"\nlook inside: {inside['responses']} warm-start responses with an answer, "
-              f"{inside['deciding_tokens']} deciding tokens among {inside['response_tokens']} "
-              "response tokens")
-        for strategy, s in inside["sets"].items():
-            print(f"{strategy:>12}: {s['deciding_share']:.3f} of the deciding tokens, "
-                  f"{s['token_share']:.3f} of all response tokens")
-    if args.plot:
-        plot(rows, args.credits, args.plot)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"flags": flags, "runs": rows, "statistics": table,
-                                         "look_inside": inside, "runs_wall_s": runs_s}, indent=1))
+        print(inside_text(inside) + "\n", flush=True)
+
+    def one(job: tuple[str, int]) -> dict:
+        strategy, seed = job
+        folder = args.out / f"{strategy}-seed{seed}"
+        if args.reuse and finished(folder):
+            row = summarise(folder, strategy, seed) | {"wall_s": math.nan}
+        else:
+            row = run(strategy, seed, args.out, args.threads or None, flags)
+        return row | {"auc": area_under_curve(row["curve"])}
+
+    def write(rows: list[dict]) -> str:
+        """The tables, JSON and plot of the runs finished so far (after every run)."""
+        text, table = table_text(rows, args.credits, flags)
+        minutes = (time.perf_counter() - start) / 60
+        text += (f"\nruns: {len(rows)} in {minutes:.1f} min wall ({args.jobs} at a time, "
+                 f"{args.threads or 'all'} thread(s) each)")
+        if inside:
+            text += "\n\n" + inside_text(inside)
+        if args.table:
+            write_atomic(args.table, text + "\n")
+        if args.json:
+            write_atomic(args.json, json.dumps(
+                {"flags": flags, "runs": rows, "statistics": table, "look_inside": inside,
+                 "runs_wall_s": time.perf_counter() - start}, indent=1))
+        if args.plot:
+            plot(rows, [c for c in args.credits if any(r["credit"] == c for r in rows)],
+                 args.plot)
+        return text
+
+    rows = []
+    with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: a stopped comparison leaves pairs
+        jobs = [(c, s) for s in args.seeds for c in args.credits]
+        for row in pool.map(one, jobs):
+            rows.append(row)
+            text = write(rows)
+    print(text)
 
 
 if __name__ == "__main__":

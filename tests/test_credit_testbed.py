@@ -80,7 +80,7 @@ def test_two_steps_two_seeds_end_to_end(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "credit_testbed.py"),
            "--credits", "uniform", "flow", "--seeds", "0", "1", "--out", str(tmp_path / "runs"),
            "--look-inside", "1", "--samples", "2", "--plot", str(tmp_path / "curves.png"),
-           "--json", str(tmp_path / "out.json"),
+           "--json", str(tmp_path / "out.json"), "--table", str(tmp_path / "table.txt"),
            "--", "--steps", "2", "--eval-every", "2", "--eval-limit", "2",
            "--max-new-tokens", "160", "--prompts-per-step", "2", "--group-size", "4",
            "--min-difficulty", "0", "--max-difficulty", "1"]
@@ -107,3 +107,6 @@ def test_two_steps_two_seeds_end_to_end(tmp_path):
     for s in inside["sets"].values():
         assert abs(s["token_share"] - 0.4) < 0.02 and 0.0 <= s["deciding_share"] <= 1.0
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    table = (tmp_path / "table.txt").read_text()  # rewritten after every run: the last has all 4
+    assert "runs: 4 in" in table and "of the deciding tokens" in table
+    assert not list(tmp_path.glob("*.tmp"))
