@@ -6,6 +6,7 @@ Each run is `python train.py --credit C --seed S` (the default tiny run) in its 
 one torch thread when --jobs > 1 so that parallel runs do not fight over the cores. Prints one row
 per run and, per strategy, the mean and sample standard deviation of the final held-out accuracy
 over seeds.
+benchmarks/credit_testbed.py runs the same way on the credit testbed.
 """
 
 import argparse
@@ -14,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,19 +23,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(credit: str, seed: int, out: Path, threads: int | None, extra: list[str]) -> dict:
+    """`python train.py --credit C --seed S --out OUT/C-seedS ...extra` in its own process, then
+    summarise; wall_s is the run's wall-clock time."""
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     folder = out / f"{credit}-seed{seed}"
     cmd = [sys.executable, str(ROOT / "train.py"), "--credit", credit, "--seed", str(seed),
            "--out", str(folder), "--overwrite", "--save-every", "0", *extra]
+    start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
+    return summarise(folder, credit, seed) | {"wall_s": time.perf_counter() - start}
+
+
+def summarise(folder: Path, credit: str, seed: int) -> dict:
+    """One run's numbers from its metrics.jsonl: the held-out curve [(step, accuracy)],
+    before/after/best, and the training time (the sum of the step phases, evaluation excluded)."""
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    evals = [r["eval_accuracy"] for r in records if "eval_accuracy" in r]
+    curve = [(r["step"], r["eval_accuracy"]) for r in records if "eval_accuracy" in r]
+    evals = [acc for _, acc in curve]
     steps = [r for r in records if "reward" in r]
     seconds = sum(v for r in steps for k, v in r.items() if k.startswith("time_"))
     return {"credit": credit, "seed": seed, "before": evals[0], "after": evals[-1],
-            "best": max(evals), "train_s": seconds, "s_per_step": seconds / len(steps)}
+            "best": max(evals), "curve": curve, "train_s": seconds,
+            "s_per_step": seconds / max(1, len(steps))}
 
 
 def main() -> None:
@@ -57,8 +70,8 @@ def main() -> None:
         after = [r["after"] for r in rows if r["credit"] == credit]
         gain = [r["after"] - r["before"] for r in rows if r["credit"] == credit]
         sd = statistics.stdev(after) if len(after) > 1 else float("nan")
-        print(f"{credit:>10}: after {statistics.mean(after):.3f} +- {sd:.3f} "
-              f"(sd over {len(after)} seeds), gain {statistics.mean(gain):+.3f}")
+        print(f"{credit:>10}: after {statistics.mean(after):.3f} +- {sd:.3f} (sd over {len(after)} "
+              f"seeds), gain {statistics.mean(gain):+.3f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,328 @@
+"""The credit-assignment testbed (docs/testbed.md): FlowTracer vs GRPO where token credit has work.
+
+    python benchmarks/credit_testbed.py --jobs 1 --plot docs/testbed_curves.png \
+        --json docs/testbed.json --table docs/testbed_table.txt
+
+Each run is `python train.py --credit C --seed S` on the chain task (tasks.ChainTask) from the warm
+start tiny/qwen3-chain, with the budget of TESTBED (train.py flags; flags after `--` override them).
+The runs of one seed share their first rollout (same model, prompts and sampling RNG), so seeds pair
+the strategies.
+
+Prints, per run, the held-out accuracy before and after and the area under the held-out curve (AUC:
+the mean held-out accuracy over the budget, trapezoids between evaluations); per strategy the mean
+and sample sd over seeds; against uniform the paired difference with its 95% t-interval and the
+smallest difference these seeds can detect (two-sided 5%, power 80%). Then the look inside: on
+responses sampled from the warm start, the share of the deciding tokens (tasks.chain_decisions) that
+fall in each strategy's 40% set (computed first). The tables, JSON and plot are rewritten after
+every run, so a stopped comparison keeps what it finished; --reuse keeps the finished runs found in
+--out (to redo the statistics, or to finish an interrupted comparison).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import itertools
+import json
+import math
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mpmath
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from credit_seeds import run, summarise
+
+import credit
+import flow
+import grpo
+import rollout
+import tasks
+
+MODEL = ROOT / "tiny" / "qwen3-chain"
+RANDOM_DRAWS = 10  # the look inside averages the random set's shares over this many draws
+CREDITS = ["uniform", "flow", "flow-bottom", "random", "entropy"]
+# The budget of one run. lr and steps were chosen on uniform runs only (docs/testbed.md), before any
+# other strategy ran; --ratio and --gamma (the paper's flow.RATIO 0.4 and flow.GAMMA 1.5) are this
+# script's flags.
+TESTBED = ["--data", "chain", "--eval-data", "chain", "--model", str(MODEL),
+           "--max-new-tokens", "256", "--prompts-per-step", "8", "--group-size", "8",
+           "--steps", "10", "--eval-every", "5", "--lr", "1e-4"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Statistics over seeds
+
+
+def area_under_curve(curve: list[tuple[int, float]]) -> float:
+    """Mean held-out accuracy over the budget: the trapezoid area under (step, accuracy) / steps."""
+    if len(curve) < 2:
+        return curve[0][1]
+    area = sum((s1 - s0) * (a0 + a1) / 2 for (s0, a0), (s1, a1) in itertools.pairwise(curve))
+    return area / (curve[-1][0] - curve[0][0])
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 0.5) of Student's t with df degrees of freedom: the root of
+    F(t) = 1 - I_{df / (df + t^2)}(df / 2, 1 / 2) / 2 = p (mpmath, which sympy brings)."""
+    def cdf(t):
+        return 1 - mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True) / 2
+
+    return float(mpmath.findroot(lambda t: cdf(t) - p, 1.0))
+
+
+def paired(diffs: list[float], alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Mean paired difference, its sd, the (1 - alpha) t-interval, and the smallest true difference
+    a paired t-test on this many seeds detects with `power`:
+        detectable = (t_{1 - alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)."""
+    n = len(diffs)
+    mean = statistics.mean(diffs)
+    if n < 2:
+        nan = math.nan
+        return {"n": n, "mean": mean, "sd": nan, "lo": nan, "hi": nan, "detectable": nan}
+    sd = statistics.stdev(diffs)
+    t = t_quantile(1 - alpha / 2, n - 1)
+    half = t * sd / math.sqrt(n)
+    detectable = (t + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half,
+            "detectable": detectable}
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """(mean, sample sd); sd is nan for one value."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def compare(rows: list[dict], credits: list[str], baseline: str = "uniform") -> list[dict]:
+    """Per strategy: mean and sd of `after` and `auc`, and (if the baseline ran) the differences to
+    the baseline paired by seed."""
+    by = {(r["credit"], r["seed"]): r for r in rows}
+    out = []
+    for strategy in credits:
+        mine = [r for r in rows if r["credit"] == strategy]
+        entry = {"credit": strategy, "seeds": [r["seed"] for r in mine]}
+        for metric in ("after", "auc"):
+            entry[metric] = spread([r[metric] for r in mine])
+            common = [r["seed"] for r in mine if (baseline, r["seed"]) in by]
+            if strategy != baseline and common:
+                entry[f"{metric}_vs_{baseline}"] = paired(
+                    [by[(strategy, s)][metric] - by[(baseline, s)][metric] for s in common])
+        out.append(entry)
+    return out
+
+
+def plot(rows: list[dict], credits: list[str], path: Path) -> None:
+    """Held-out accuracy against step: the mean over seeds with a +-1 sd band per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for strategy in credits:
+        curves = [r["curve"] for r in rows if r["credit"] == strategy]
+        steps = [s for s, _ in curves[0]]
+        acc = torch.tensor([[a for _, a in c] for c in curves])  # [seeds, evaluations]
+        mean = acc.mean(0)
+        sd = acc.std(0) if len(curves) > 1 else torch.zeros_like(mean)
+        ax.plot(steps, mean, label=f"{strategy} ({len(curves)} seeds)")
+        ax.fill_between(steps, mean - sd, mean + sd, alpha=0.15)
+    ax.set(xlabel="RL step", ylabel="held-out accuracy (greedy)",
+           title="chain testbed: mean over seeds, band = +-1 sd")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Look inside: do the strategies' 40% sets hold the deciding tokens?
+
+
+def deciding_tokens(r: rollout.Rollout, tokenizer) -> torch.Tensor:
+    """[B, T] bool: the response tokens that hold a deciding character (tasks.chain_decisions).
+
+    Token j of a response covers the characters [c(j), c(j + 1)), c(j) = len(decode(ids[:j])): the
+    offsets of the sampled tokens themselves, as rollout.py maps the answer span."""
+    mask = torch.zeros_like(r.response_mask)
+    for i, text in enumerate(r.texts):
+        positions = r.response_mask[i].nonzero().squeeze(1)  # [R_i]
+        ids = r.input_ids[i, positions].tolist()
+        starts = [len(tokenizer.decode(ids[:j], skip_special_tokens=True))
+                  for j in range(len(ids) + 1)]
+        for char in (c for d in tasks.chain_decisions(text) for c in d.chars):
+            mask[i, positions[bisect.bisect_right(starts, char) - 1]] = True
+    return mask
+
+
+def look_inside(model_path: Path, prompts: int, samples: int, seed: int, ratio: float, gamma: float,
+                max_new_tokens: int) -> dict:
+    """Sample `samples` responses to each of `prompts` held-out problems from the warm start
+    (T 0.99, top-k 100, as train.py) and count, over the responses that have an answer (flow's
+    target), the share of deciding tokens that each strategy's selected set holds, next to the
+    share of all response tokens it holds (random: the mean over RANDOM_DRAWS draws)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
+    examples = tasks.chain_heldout()[:prompts]
+    with torch.no_grad():
+        r = rollout.generate(model, tokenizer, [e.prompt for e in examples], n=samples,
+                             temperature=0.99, top_k=100, max_new_tokens=max_new_tokens,
+                             capture=True)
+        _, entropy = grpo.token_logprobs(model, r.input_ids, r.attention_mask, 0.99,
+                                         return_entropy=True)
+    rows = r.answer_mask.any(-1)  # [B] responses with a flow target
+    decide = deciding_tokens(r, tokenizer) & rows[:, None]  # [B, T]
+    response = r.response_mask & rows[:, None]  # [B, T]
+    generator = torch.Generator().manual_seed(seed)
+    out = {"responses": int(rows.sum()), "response_tokens": int(response.sum()),
+           "deciding_tokens": int(decide.sum()), "sets": {}}
+    for strategy in ("flow", "flow-bottom", "random", "entropy"):
+        draws = RANDOM_DRAWS if strategy == "random" else 1
+        shares = torch.zeros(draws, 2)  # [draws, (deciding, all response tokens)]
+        for k in range(draws):
+            g = credit.credit_gamma(strategy, r, ratio=ratio, gamma=gamma, entropy=entropy,
+                                    generator=generator)
+            chosen = g > 1  # [B, T] the strategy's selected set (eq. 6 puts gamma > 1 on it)
+            shares[k, 0] = (chosen & decide).sum() / decide.sum().clamp(min=1)
+            shares[k, 1] = (chosen & response).sum() / response.sum().clamp(min=1)
+        mean = shares.mean(0).tolist()
+        out["sets"][strategy] = {"deciding_share": mean[0], "token_share": mean[1]}
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def finished(folder: Path) -> bool:
+    """A run folder whose metrics.jsonl ends with the final evaluation."""
+    path = folder / "metrics.jsonl"
+    if not path.exists() or not (folder / "config.json").exists():
+        return False
+    steps = json.loads((folder / "config.json").read_text())["steps"]
+    last = json.loads(path.read_text().splitlines()[-1])
+    return last["step"] == steps and "eval_accuracy" in last
+
+
+def table_text(rows: list[dict], credits: list[str], flags: list[str]) -> tuple[str, list[dict]]:
+    """The per-run rows and the per-strategy statistics as printed (and written to --table)."""
+    lines = [f"train.py {' '.join(flags)}",
+             f"{'credit':>12} {'seed':>4} {'before':>7} {'after':>7} {'AUC':>7} {'wall s':>7}"]
+    for r in rows:
+        lines.append(f"{r['credit']:>12} {r['seed']:>4} {r['before']:7.3f} {r['after']:7.3f} "
+                     f"{r['auc']:7.3f} {r['wall_s']:7.0f}")
+    table = compare(rows, [c for c in credits if any(r["credit"] == c for r in rows)])
+    lines.append(f"\n{'credit':>12} {'after':>15} {'AUC':>15}   "
+                 "paired vs uniform: mean [95% CI] (detectable)")
+    for e in table:
+        line = (f"{e['credit']:>12} {e['after'][0]:7.3f} +-{e['after'][1]:.3f} "
+                f"{e['auc'][0]:7.3f} +-{e['auc'][1]:.3f}")
+        for metric in ("after", "auc"):
+            p = e.get(f"{metric}_vs_uniform")
+            if p:
+                line += (f"   {metric} {p['mean']:+.3f} [{p['lo']:+.3f}, {p['hi']:+.3f}] "
+                         f"({p['detectable']:.3f})")
+        lines.append(line)
+    return "\n".join(lines), table
+
+
+def inside_text(inside: dict) -> str:
+    """The look inside as printed."""
+    head = (f"look inside: {inside['responses']} warm-start responses with an answer, "
+            f"{inside['deciding_tokens']} deciding tokens among {inside['response_tokens']} "
+            "response tokens")
+    lines = [head]
+    for strategy, s in inside["sets"].items():
+        lines.append(f"{strategy:>12}: {s['deciding_share']:.3f} of the deciding tokens, "
+                     f"{s['token_share']:.3f} of all response tokens")
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a cut never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--credits", nargs="+", default=CREDITS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's)")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "credit_testbed")
+    ap.add_argument("--reuse", action="store_true", help="keep finished runs found in --out")
+    ap.add_argument("--look-inside", type=int, default=64, metavar="PROMPTS", help="0: skip")
+    ap.add_argument("--samples", type=int, default=4, help="responses per look-inside prompt")
+    ap.add_argument("--ratio", type=float, default=flow.RATIO, help="train.py --ratio, look inside")
+    ap.add_argument("--gamma", type=float, default=flow.GAMMA, help="train.py --gamma, look inside")
+    ap.add_argument("--plot", type=Path, help="write the curves with +-1 sd bands here (PNG)")
+    ap.add_argument("--json", type=Path, help="write every run and the statistics here")
+    ap.add_argument("--table", type=Path, help="write the printed tables here (text)")
+    ap.add_argument("extra", nargs="*", help="train.py flags after --, overriding TESTBED")
+    args = ap.parse_args()
+    if "uniform" not in args.credits:
+        ap.error("--credits must include uniform, the baseline of the paired comparison")
+    flags = TESTBED + ["--ratio", str(args.ratio), "--gamma", str(args.gamma)] + args.extra
+    start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # the look inside runs in this process
+
+    inside = None
+    if args.look_inside:  # first: it is quick, and a cut comparison keeps it
+        inside = look_inside(MODEL, args.look_inside, args.samples, seed=0, ratio=args.ratio,
+                             gamma=args.gamma, max_new_tokens=256)
+        print(inside_text(inside) + "\n", flush=True)
+
+    def one(job: tuple[str, int]) -> dict:
+        strategy, seed = job
+        folder = args.out / f"{strategy}-seed{seed}"
+        if args.reuse and finished(folder):
+            row = summarise(folder, strategy, seed) | {"wall_s": math.nan}
+        else:
+            row = run(strategy, seed, args.out, args.threads or None, flags)
+        return row | {"auc": area_under_curve(row["curve"])}
+
+    def write(rows: list[dict]) -> str:
+        """The tables, JSON and plot of the runs finished so far (after every run)."""
+        text, table = table_text(rows, args.credits, flags)
+        minutes = (time.perf_counter() - start) / 60
+        text += (f"\nruns: {len(rows)} in {minutes:.1f} min wall ({args.jobs} at a time, "
+                 f"{args.threads or 'all'} thread(s) each)")
+        if inside:
+            text += "\n\n" + inside_text(inside)
+        if args.table:
+            write_atomic(args.table, text + "\n")
+        if args.json:
+            write_atomic(args.json, json.dumps(
+                {"flags": flags, "runs": rows, "statistics": table, "look_inside": inside,
+                 "runs_wall_s": time.perf_counter() - start}, indent=1))
+        if args.plot:
+            plot(rows, [c for c in args.credits if any(r["credit"] == c for r in rows)],
+                 args.plot)
+        return text
+
+    rows = []
+    with ThreadPoolExecutor(args.jobs) as pool:  # seed-major: a stopped comparison leaves pairs
+        jobs = [(c, s) for s in args.seeds for c in args.credits]
+        for row in pool.map(one, jobs):
+            rows.append(row)
+            text = write(rows)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
