@@ -48,9 +48,9 @@ import tasks
 MODEL = ROOT / "tiny" / "qwen3-chain"
 RANDOM_DRAWS = 10  # the look inside averages the random set's shares over this many draws
 CREDITS = ["uniform", "flow", "flow-bottom", "random", "entropy"]
-# The budget of one run. lr and steps were chosen on uniform runs only (docs/testbed.md), before any
-# other strategy ran; --ratio and --gamma (the paper's flow.RATIO 0.4 and flow.GAMMA 1.5) are this
-# script's flags.
+# The budget of one run: lr as the embedded default, steps by the time 25 runs take on the shared
+# CPU (no result chose them); --ratio and --gamma (the paper's flow.RATIO 0.4 and flow.GAMMA 1.5)
+# are this script's flags.
 TESTBED = ["--data", "chain", "--eval-data", "chain", "--model", str(MODEL),
            "--max-new-tokens", "256", "--prompts-per-step", "8", "--group-size", "8",
            "--steps", "10", "--eval-every", "5", "--lr", "1e-4"]
