@@ -138,7 +138,8 @@ def test_errors_are_clear(tiny, monkeypatch, tmp_path):
     model, tokenizer = tiny
     # settings and benchmarks are checked before the model loads ("no/such-model" is never reached)
     with pytest.raises(ValueError, match=r"unknown or repeated benchmark\(s\) in "
-                                         r"\['math500', 'aime2024'\]; valid: \['arith', 'chain', 'aime24'"):
+                                         r"\['math500', 'aime2024'\]; valid: "
+                                         r"\['arith', 'chain', 'aime24'"):
         ev.main(["--model", "no/such-model", "--benchmarks", "math500,aime2024"])
     with pytest.raises(ValueError, match=r"greedy decoding \(temperature 0\) gives 4 identical "
                                          r"responses; use n=1"):  # the default n=4
