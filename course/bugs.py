@@ -329,6 +329,13 @@ def changed_hyperparameter(folder: Path) -> None:
             _edit_json(folder / run["folder"] / "config.json", lambda c: c.update(lr=3e-4))
 
 
+def other_model(folder: Path) -> None:
+    for run in _load(folder)["runs"]:
+        if run["credit"] != "flow":
+            _edit_json(folder / run["folder"] / "config.json",
+                       lambda c: c.update(model=str(Path(c["model"]).parent / "qwen3-base")))
+
+
 def resumed_elsewhere(folder: Path) -> None:
     run = _load(folder)["runs"][-1]
     path = folder / run["folder"] / "metrics.jsonl"
@@ -413,6 +420,7 @@ BUGS += [
     results("killed-run", "a run stopped half way, summarised anyway", killed_run),
     results("changed-hyperparameter", "the second strategy ran with another lr",
             changed_hyperparameter),
+    results("other-model", "the second strategy trained another model", other_model),
     results("resumed-elsewhere", "a run did not start from the shipped model", resumed_elsewhere),
     results("runs-not-handed-in", "run folders outside the handout", runs_not_handed_in),
     results("one-seed-intervention", "intervention rates of one seed, not pooled",
