@@ -406,9 +406,9 @@ def generate(
         with _capturing(model, attn, layers_used, chunk_bytes, watch) as cap:
             out = model.generate(prompt_ids, attention_mask=prompt_mask, **kwargs)
             sequences = out.sequences
-            if not isinstance(out.past_key_values, DynamicCache):
+            if not isinstance(out.cache, DynamicCache):  # `cache`: past_key_values before 5.24
                 raise NotImplementedError(f"attention capture needs a DynamicCache, "
-                                          f"got {type(out.past_key_values)}")
+                                          f"got {type(out.cache)}")
             # generate never feeds its last sampled token back: one more cached step adds that
             # token's row.
             # As in generate, every sampled token is attended (pad after EOS is zeroed later).
@@ -418,7 +418,7 @@ def generate(
             with watch():
                 try:
                     model(input_ids=sequences[:, -1:], attention_mask=step_mask,
-                          past_key_values=out.past_key_values,
+                          cache=out.cache,
                           position_ids=_positions(step_mask)[:, -1:], use_cache=True)
                 except _StopForward:
                     pass

@@ -322,3 +322,17 @@ def test_rows_selects_every_field_of_the_same_rows():
     assert torch.equal(sub.input_ids, r.input_ids[[2, 0]]) and torch.equal(sub.attn, r.attn[[2, 0]])
     assert torch.equal(sub.response_mask, r.response_mask[[2, 0]])
     assert r.rows(torch.tensor([], dtype=torch.long)).input_ids.shape == (0, t)
+
+
+def test_generate_passes_the_cache_by_the_name_transformers_expects(tokenizer, capfd):
+    """transformers 5.24 renamed past_key_values to cache; the old name warns on every command."""
+    import warnings
+
+    model = tiny("qwen3", vocab_size=len(tokenizer))
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = generate(model, tokenizer, ["Solve x + 1 = 3."], n=2, max_new_tokens=4)
+    assert out.attn is not None  # the capture ran its extra cached step
+    said = [str(w.message) for w in caught] + capfd.readouterr().err.splitlines()
+    assert not [line for line in said if "past_key_values" in line], said
