@@ -60,8 +60,8 @@ class Config:
     drop_truncated: bool = flag(True, "responses without EOS within --max-new-tokens get no "
                                       "gradient")
     answer_fallback: str | None = flag(None, "the flow target of a response without \\boxed{} or "
-                                             "<answer>: None (the paper's: none, so gamma 1 for "
-                                             "that row) or last_line")
+                                             "<answer>: none (the paper's: no target, so gamma 1 "
+                                             "for that row) or last_line")
     # credit (eqs. 5-6)
     credit: str = flag("flow", "the token credit: flow (FlowTracer, eq. 6), uniform (GRPO), or a "
                                "baseline or ablation of credit.py")
@@ -185,8 +185,10 @@ def parse_args(argv: list[str] | None = None, description: str | None = None,
         elif f.name == "layers":
             ap.add_argument(flag, type=_int_list, default=default, help=text)
         else:
-            ap.add_argument(flag, type=_parser_of(f.type), default=default,
-                            choices=choices.get(f.name), help=text)
+            names = choices.get(f.name)  # None among them is typed (and shown) as `none`
+            shown = "{%s}" % ",".join(c or "none" for c in names) if names else None
+            ap.add_argument(flag, type=_parser_of(f.type), default=default, choices=names,
+                            metavar=shown, help=text)
     args = vars(ap.parse_args(argv))
     show = args.pop("show_config")
     cfg = Config(**args)

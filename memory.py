@@ -127,6 +127,8 @@ class Plan:
     phases: dict[str, tuple[str, ...]]
     notes: list[str]
     problem: str | None = None  # a reason the run cannot start at all (not a matter of memory)
+    # term -> the phase that holds it, but one after the other with a larger term: not in its peak
+    in_turn: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def peak(self, phase: str) -> float:
         return sum(self.rows.get(name, 0) for name in self.phases[phase])
@@ -141,17 +143,25 @@ class Plan:
         return self.problem is None and self.peak(self.worst) <= USABLE * self.gpu_bytes
 
     def table(self) -> str:
-        """The plan as printed by train.py: terms x phases, in GB per GPU."""
-        head = f"{'':44s}{'GB/GPU':>8s}" + "".join(f"{p:>9s}" for p in PHASES)
-        lines = [head]
+        """The plan as printed by train.py: terms x phases, in GB per GPU (per process on CPU).
+        x: the phase holds the term; (x): it holds it in turn with a larger one (not added)."""
+        unit = "GB/GPU" if self.device == "cuda" else "GB/proc"
+        lines = [f"{'':44s}{unit:>8s}" + "".join(f"{p:>9s}" for p in PHASES)]
         for name, value in self.rows.items():
             if value == 0:
                 continue
-            marks = "".join(f"{'x' if name in self.phases[p] else '':>9s}" for p in PHASES)
+            marks = "".join(f"{self._mark(name, p):>9s}" for p in PHASES)
             lines.append(f"{name:44s}{value / GB:8.2f}{marks}")
         lines.append(f"{'peak':44s}{'':8s}" + "".join(f"{self.peak(p) / GB:9.2f}"
                                                        for p in PHASES))
+        if any(self.rows.get(name) for name in self.in_turn):
+            lines.append("(x): held in turn with a larger term of that phase, not added to its peak")
         return "\n".join(lines)
+
+    def _mark(self, name: str, phase: str) -> str:
+        if name in self.phases[phase]:
+            return "x"
+        return "(x)" if self.in_turn.get(name) == phase else ""
 
     def verdict(self) -> str:
         unit = "GPU" if self.device == "cuda" else "process"
@@ -176,7 +186,9 @@ def plan(cfg: Config, gpus: int, sharding: str, gpu_bytes: float, device: str = 
     rows, notes = _rows(cfg, shape, gpus, sharding, device)
     state = ("weights", "AdamW moments", "DDP gradient buckets")
     copy = "whole model in the compute dtype (sampling)"
-    backward = max("one layer's activations and gradients", "log-prob chunk", key=rows.get)
+    # the update's backward runs the log-prob chunks, then the layers: it holds the larger of them
+    backward, smaller = sorted(("one layer's activations and gradients", "log-prob chunk"),
+                               key=rows.get, reverse=True)
     phases = {
         "sample": state + (copy, "KV cache (sampling)", "attention buffer [N, T, T]",
                            "prefill activations (sampling)"),
@@ -194,7 +206,8 @@ def plan(cfg: Config, gpus: int, sharding: str, gpu_bytes: float, device: str = 
     if sharding == "fsdp" and cfg.credit == "gradient":
         problem = ("--credit gradient runs its own backward pass per micro-batch, which FSDP "
                    "would reduce across processes; use --sharding ddp")
-    return Plan(shape, sharding, gpus, gpu_bytes, device, rows, phases, notes, problem)
+    return Plan(shape, sharding, gpus, gpu_bytes, device, rows, phases, notes, problem,
+                in_turn={smaller: "update"})
 
 
 def _rows(cfg: Config, m: ModelShape, gpus: int, sharding: str, device: str

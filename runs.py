@@ -300,6 +300,8 @@ def open_run(accelerator: Accelerator, out: Path, cfg: config.Config) -> Run:
     config.json and run.json only once the run is accepted. Runs on the main process; every
     process gets the same Run."""
     def main_process() -> Run:
+        # what this start makes: the lock file, the folders up to `out` (deepest first)
+        made = [p for p in (out / ".lock", out, *out.parents) if not p.exists()]
         out.mkdir(parents=True, exist_ok=True)
         lock_run(out)
         try:
@@ -312,11 +314,21 @@ def open_run(accelerator: Accelerator, out: Path, cfg: config.Config) -> Run:
                 atomic_write(out / "config.json", json.dumps(run.config, indent=2))
                 atomic_write(out / "run.json", json.dumps(run.record(run.start), indent=2))
             return run
-        except BaseException:
+        except BaseException:  # a refused start leaves no file or folder it made
             unlock_run(out)
+            _remove_made(made)
             raise
 
     return on_main(accelerator, main_process)
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove what a refused start made: the lock file, then the empty folders it created."""
+    for path in made:
+        try:
+            path.rmdir() if path.is_dir() else path.unlink()
+        except OSError:  # a folder something else has put files into meanwhile: kept
+            break
 
 
 def _start(out: Path, cfg: config.Config) -> Run:

@@ -134,7 +134,8 @@ def render_html(view: FlowView, title: str = "flow view", log_scale: bool = Fals
 
 def render_png(view: FlowView, path: str | Path, log_scale: bool = False, width: int = 60) -> None:
     """The same colouring as a PNG heat map (matplotlib): one box per token, top set outlined in
-    black, prompt text blue, answer text green; a new line after each newline token or every `width`
+    black, prompt and answer underlined as on the page (blue, green: the answer's tokens sit at the
+    colour maximum, where the text is white); a new line after each newline token or every `width`
     characters."""
     plt = pyplot()
     cells, x, y = [], 0, 0
@@ -149,20 +150,22 @@ def render_png(view: FlowView, path: str | Path, log_scale: bool = False, width:
     lines = y + 1
     fig, ax = plt.subplots(figsize=(width * 0.13 + 1, lines * 0.32 + 0.8), dpi=110)
     cmap = plt.get_cmap("Reds")
-    text_colour = {"prompt": "#2b2bd0", "answer": "#137a30", "response": "#111"}
+    underline = {"prompt": "#7a7aff", "answer": "#1a9641"}  # view.html's .prompt and .answer
     levels = _levels(view, log_scale)
     for (x, y, w), tok, lev, reg, top in zip(cells, view.tokens, levels, view.region, view.top):
         ax.add_patch(plt.Rectangle((x - 0.4, -y - 0.4), w + 0.3, 0.8,
                                    facecolor=cmap(0.05 + 0.9 * lev),
                                    edgecolor="black" if top else "none", linewidth=1.4))
+        if reg in underline:
+            ax.add_patch(plt.Rectangle((x - 0.4, -y - 0.47), w + 0.3, 0.12,
+                                       facecolor=underline[reg], edgecolor="none"))
         ax.text(x + (w - 1) / 2, -y, _shown(tok), ha="center", va="center", family="monospace",
-                fontsize=8, color="#fff" if lev > 0.65 else text_colour[reg],
-                fontweight="bold" if reg == "answer" else "normal")
+                fontsize=8, color="#fff" if lev > 0.65 else "#111")
     ax.set_xlim(-1, width + 1)
     ax.set_ylim(-lines + 0.3, 0.7)
     ax.axis("off")
     ax.set_title("throughput tau (" + ("log" if log_scale else "linear") + "); "
-                 "black box = top set; blue = prompt, green = answer", fontsize=8)
+                 "black box = top set; underlined: blue = prompt, green = answer", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -7,6 +7,7 @@ import re
 import shutil
 from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from flow import forward_flow, influence_graph, potential, reweight, top_k_mask
 from rollout import Rollout
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +96,32 @@ def test_png_heat_map_and_token_chart_take_latex_like_tokens(tmp_path):
     tokens_chart(stats, tmp_path / "c.png")
     for name in ("h.png", "c.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_png_underlines_prompt_and_answer_as_its_title_says(tmp_path):
+    """Answer tokens sit at the colour maximum (white text), so the regions are told by the page's
+    underlines: blue #7a7aff under the prompt, green #1a9641 under the answer."""
+    from matplotlib.image import imread
+
+    def pixels_of(view, colour) -> int:
+        render_png(view, tmp_path / "h.png")
+        rgb = torch.tensor(imread(tmp_path / "h.png")[..., :3] * 255).round()  # [H, W, 3]
+        return int((rgb - torch.tensor(colour)).abs().max(-1).values.le(2).sum())
+
+    blue, green = (0x7A, 0x7A, 0xFF), (0x1A, 0x96, 0x41)
+    view = hand_view()
+    assert pixels_of(view, blue) > 0 and pixels_of(view, green) > 0
+    view.region = ["response"] * len(view.tokens)  # positive control: no region, no underline
+    assert pixels_of(view, blue) == 0 and pixels_of(view, green) == 0
+
+
+def test_the_shipped_page_is_made_from_the_current_template():
+    """docs/flow_view.html holds every literal piece of analysis/view.html (regenerate it with
+    the command in docs/analysis.md when the template changes)."""
+    template = (ROOT / "analysis" / "view.html").read_text(encoding="utf-8")
+    page = (ROOT / "docs" / "flow_view.html").read_text(encoding="utf-8")
+    pieces = re.split(r"\$[a-z_]+", template.replace("$$", "$"))  # $title is there twice
+    assert len(pieces) == 8 and all(piece in page for piece in pieces)
 
 
 def test_json_for_script_cannot_close_the_tag():

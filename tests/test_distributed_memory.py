@@ -70,6 +70,34 @@ def test_plan_terms_by_hand():
     assert fsdp.peak("step") == 1000 + 1000 + 2000 + fsdp.rows["AdamW step scratch"]
 
 
+def table_cells(table: str) -> dict[str, list[str]]:
+    """Plan.table() by its fixed columns: term -> [value, mark of each phase]."""
+    width = 9
+    return {line[:44].strip(): [line[44:52].strip()] + [
+        line[52 + width * i: 52 + width * (i + 1)].strip() for i in range(len(memory.PHASES))]
+        for line in table.splitlines()[:-1]}
+
+
+def test_the_table_marks_every_term_and_names_the_unit_it_is_in():
+    """The update holds a layer's backward and the log-prob chunk in turn: the larger is marked x
+    and counted in the peak, the smaller (x) and not; a CPU plan is per process, not per GPU."""
+    cfg = train.Config(plan_prompt_tokens=10, max_new_tokens=6, micro_batch=4)
+    narrow = dataclasses.replace(SHAPE, vocab=2)  # a vocabulary that makes the chunk the smaller
+    layer, chunk = "one layer's activations and gradients", "log-prob chunk"
+    update = 1 + memory.PHASES.index("update")
+    for shape, larger, smaller in [(SHAPE, chunk, layer), (narrow, layer, chunk)]:
+        p = memory.plan(cfg, 1, "ddp", 1 * GB, device="cpu", shape=shape)
+        assert p.rows[larger] > p.rows[smaller]
+        cells = table_cells(p.table())
+        assert cells[""][0] == "GB/proc"
+        assert cells[larger][update] == "x" and cells[smaller][1:] == ["", "", "(x)", "", ""]
+        assert p.peak("update") == sum(p.rows[name] for name in p.rows
+                                       if name in cells and cells[name][update] == "x")
+        assert p.table().endswith("(x): held in turn with a larger term of that phase, not added "
+                                  "to its peak")
+    assert table_cells(memory.plan(cfg, 1, "ddp", GB, shape=SHAPE).table())[""][0] == "GB/GPU"
+
+
 def test_auto_sharding_is_ddp_when_it_fits_else_fsdp():
     cfg = train.Config(plan_prompt_tokens=10, max_new_tokens=6)
     roomy, tight = memory.choose(cfg, 4, 1 * GB, shape=SHAPE), None

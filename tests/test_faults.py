@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,6 +375,29 @@ def test_a_second_run_is_refused_and_a_dead_runs_lock_taken_over(runner, tmp_pat
     assert not (out / ".metrics.jsonl.tmp").exists()
     assert [r["step"] for r in records(out)] == [0, 1]
     assert _read(out / ".lock") == ""
+
+
+ONE_PROCESS = types.SimpleNamespace(is_main_process=True, num_processes=1)  # for runs.open_run
+
+
+def test_a_refused_resume_leaves_no_lock_and_no_folder_behind(tmp_path):
+    """--resume on a folder that does not exist, and on one without an intact checkpoint: the
+    refusal leaves the file tree as it was (no .lock, no new folder)."""
+    cfg = config.Config(resume=True)
+    missing = tmp_path / "runs" / "does-not-exist"
+    with pytest.raises(SystemExit, match=r"^--resume: no checkpoint in .*/does-not-exist/"):
+        runs.open_run(ONE_PROCESS, missing, cfg)
+    assert list(tmp_path.iterdir()) == []
+    damaged = tmp_path / "damaged"
+    (damaged / "checkpoints" / "step-000001").mkdir(parents=True)  # no step.json
+    with pytest.raises(SystemExit, match="no intact checkpoint"):
+        runs.open_run(ONE_PROCESS, damaged, cfg)
+    assert sorted(p.relative_to(damaged).as_posix() for p in damaged.rglob("*")) == [
+        "checkpoints", "checkpoints/step-000001"]
+    # positive control: an accepted start keeps its lock (released, not removed, at the end)
+    run = runs.open_run(ONE_PROCESS, missing, config.Config())
+    assert (missing / ".lock").is_file()
+    runs.unlock_run(run.out)
 
 
 def _read(path: Path) -> str:
