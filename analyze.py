@@ -10,7 +10,7 @@ Every subcommand runs on the shipped tiny model (tiny/qwen3-arith, CPU, seconds)
 causal LM (--model PATH; --prompts SOURCE, read as train.py's --data under the same --data-dir,
 --data-format and --data-fields flags, or a JSONL with a "prompt" and an optional "gold" field,
 sampled with --seed; or --prompt TEXT). The flow of a sequence is always flow.trace on
-flow.influence_graph of the head-mean attention of the middle layers (rollout.py), with the answer
+flow.influence_graph of the head-mean attention of the middle layers (capture.py), with the answer
 region of rewards.answer_span and the chat-templated prompt as source. This file is the command
 line only: each subcommand lives in its module of analysis/ (view.py, tokens.py, intervene.py,
 formats.py; what they share in common.py).
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-import cli
-import data
-import flow
+import config
+import dataspec
+import guards
 from analysis.common import PROMPT_SETUPS, read_prompts
 from analysis.formats import run_formats
 from analysis.intervene import run_intervene
@@ -45,7 +45,7 @@ def _common(p: argparse.ArgumentParser, problems: int) -> None:
                    help="where the prompts come from, as train.py's --data: a benchmark name "
                         "(with --data-dir), a local .jsonl, a task; or a JSONL with 'prompt' and "
                         "optional 'gold' per line (None: the tiny arithmetic task's problems)")
-    data.add_data_flags(p)
+    dataspec.add_data_flags(p)
     p.add_argument("--prompt-setup", choices=PROMPT_SETUPS, default="user",
                    help="user: instruction in the user message (as in training); system: App. "
                         "E.1's layout, the instruction as a system message")
@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--edges", choices=("flow", "attention"), default="flow",
                    help="draw a token's edges by flow (eqs. 3-4) or by raw attention")
     v.add_argument("--log-scale", action="store_true", help="colour throughput on a log scale")
-    v.add_argument("--ratio", type=float, default=flow.RATIO,
+    v.add_argument("--ratio", type=float, default=config.RATIO,
                    help="the share of response tokens marked as top flow (eq. 6)")
     v.add_argument("--out", default="flow.html", help="the HTML page to write")
     v.add_argument("--png", help="also write a PNG heat map here")
@@ -120,18 +120,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     torch.set_num_threads(1)
-    cli.check_model(args.model)
+    guards.check_model(args.model)
     # the prompts are read once before the model loads: a bad --prompts fails in a second
     examples = read_prompts(getattr(args, "prompt", None), args.prompts, args.problems, args.seed,
                             args.data_dir, args.data_format, args.data_fields)
     model, tokenizer = load_model(args.model)
-    cli.check_layers(model, args.layers)
+    guards.check_layers(model, args.layers)
     source = args.prompts or ("--prompt" if getattr(args, "prompt", None) else "the tiny task")
-    cli.warn_unencodable("analyze.py", tokenizer, {source: examples}, args.model)
+    guards.warn_unencodable("analyze.py", tokenizer, {source: examples}, args.model)
     t0 = time.time()
     args.run(args, model, tokenizer)
     print(f"[{time.time() - t0:.1f} s]", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    cli.run("analyze.py", main, sys.argv[1:])
+    guards.run("analyze.py", main, sys.argv[1:])

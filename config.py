@@ -15,17 +15,30 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import credit
-import data
-import distributed
-import flow
-import rewards
+import dataspec
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent  # the repository: tiny/ lives here
 TINY_MODEL = str(ROOT / "tiny" / "qwen3-arith")
 
+# The paper's numbers, one home each: Config's defaults, and the modules' (flow, grpo, rollout,
+# eval).
+RATIO = 0.4  # eq. (6): the share of response tokens that get gamma (Sec. 3.3)
+GAMMA = 1.5  # eq. (6): their weight gamma_flow (Sec. 3.3)
+TEMPERATURE, TOP_P, TOP_K = 0.99, 1.0, 100  # sampling (Sec. 4.1)
+MAX_NEW_TOKENS = 1024  # the response budget of the 1k setups (Sec. 4.1) and of eval.py
+CLIP_EPS, DUAL_CLIP, ADV_CLIP = 0.2, 3.0, 2.0  # eq. (5); grpo.policy_loss says where each is from
 
-_DATA_HELP = data.DATA_FLAGS  # (inside Config, `data` is the field)
+# The choices of the flags that name things. The modules that implement them import these names
+# (credit.py checks its strategies against CREDIT_STRATEGIES), so this file imports none of them.
+CREDIT_STRATEGIES = (
+    "flow", "uniform", "flow-bottom", "random", "entropy", "attention", "attention-mean",
+    "gradient", "correlation", "flow-raw", "flow-tanh", "flow-sigmoid", "flow-mad", "flow-log1p",
+    "flow-mass20", "flow-mass40", "flow-mass60", "flow-mass80", "flow-structural", "flow-content")
+AGGREGATIONS = ("seq-mean", "token-mean")  # grpo.policy_loss
+ANSWER_FALLBACKS = ("last_line", None)  # rewards.answer_span
+SHARDINGS = ("auto", "ddp", "fsdp")  # distributed.py
+
+_DATA_HELP = dataspec.DATA_FLAGS  # (inside Config, `data` is the field)
 
 
 def flag(default, help: str):
@@ -52,9 +65,9 @@ class Config:
     prompts_per_step: int = flag(32, "prompts per step, over all processes")
     group_size: int = flag(8, "responses per prompt (G of eq. 10)")
     max_new_tokens: int = flag(40, "the longest response, in tokens")
-    temperature: float = flag(0.99, "sampling temperature")
-    top_p: float = flag(1.0, "nucleus sampling: keep the tokens of the top-p probability mass")
-    top_k: int = flag(100, "sample among the k most likely tokens")
+    temperature: float = flag(TEMPERATURE, "sampling temperature")
+    top_p: float = flag(TOP_P, "nucleus sampling: keep the tokens of the top-p probability mass")
+    top_k: int = flag(TOP_K, "sample among the k most likely tokens")
     min_difficulty: float = flag(0.1, "keep a group when min <= its mean reward <= max")
     max_difficulty: float = flag(0.95, "see --min-difficulty")
     drop_truncated: bool = flag(True, "responses without EOS within --max-new-tokens get no "
@@ -65,8 +78,8 @@ class Config:
     # credit (eqs. 5-6)
     credit: str = flag("flow", "the token credit: flow (FlowTracer, eq. 6), uniform (GRPO), or a "
                                "baseline or ablation of credit.py")
-    ratio: float = flag(flow.RATIO, "the share of response tokens that get gamma (eq. 6)")
-    gamma: float = flag(flow.GAMMA, "the weight of the chosen tokens (eq. 6)")
+    ratio: float = flag(RATIO, "the share of response tokens that get gamma (eq. 6)")
+    gamma: float = flag(GAMMA, "the weight of the chosen tokens (eq. 6)")
     layers: list[int] | None = flag(None, "comma-separated layers averaged into the attention "
                                           "graph (None: the middle third)")
     # optimisation
@@ -78,9 +91,10 @@ class Config:
                                 "process: memory, not the update")
     generation_batch: int | None = flag(None, "prompts per generate call per process (None: "
                                               "all): memory, not the update")
-    clip_eps: float = flag(0.2, "PPO clip range epsilon (eq. 5)")
-    dual_clip: float | None = flag(3.0, "dual-clip constant for negative advantages (None: off)")
-    adv_clip: float | None = flag(2.0, "clip the advantages to +-this (None: off)")
+    clip_eps: float = flag(CLIP_EPS, "PPO clip range epsilon (eq. 5)")
+    dual_clip: float | None = flag(DUAL_CLIP, "dual-clip constant for negative advantages (None: "
+                                              "off)")
+    adv_clip: float | None = flag(ADV_CLIP, "clip the advantages to +-this (None: off)")
     aggregation: str = flag("seq-mean", "seq-mean (eq. 5: per sequence, then per group) or "
                                         "token-mean (DAPO's)")
     # system
@@ -125,18 +139,18 @@ _QWEN3_MATH = dict(
 # 8K responses: 8 sequences per generate call (KV ~10 GB, attention 8 x 8.5K^2 x 4 B = 2.3 GB).
 _LONG = dict(generation_batch=1, micro_batch=8)
 _LLAMA_MATH = dict(_QWEN3_MATH, template="fewshot", eval_data="gsm8k")
-_QWEN3_4B = dict(_QWEN3_MATH, model="Qwen/Qwen3-4B-Base", max_new_tokens=1024, steps=500)
-_QWEN3_8B = dict(_QWEN3_MATH, model="Qwen/Qwen3-8B-Base", max_new_tokens=1024, steps=600)
+_QWEN3_4B = dict(_QWEN3_MATH, model="Qwen/Qwen3-4B-Base", max_new_tokens=MAX_NEW_TOKENS, steps=500)
+_QWEN3_8B = dict(_QWEN3_MATH, model="Qwen/Qwen3-8B-Base", max_new_tokens=MAX_NEW_TOKENS, steps=600)
 PRESETS: dict[str, dict] = {
     "tiny": {},
     "qwen3-4b-math-1k": _QWEN3_4B,
     "qwen3-4b-math-8k": dict(_QWEN3_4B, max_new_tokens=8192, **_LONG),
     "qwen3-8b-math-1k": _QWEN3_8B,
     "qwen3-8b-math-8k": dict(_QWEN3_8B, max_new_tokens=8192, **_LONG),
-    "llama3.1-8b-math": dict(_LLAMA_MATH, model="meta-llama/Llama-3.1-8B", max_new_tokens=1024,
-                             steps=600),
-    "llama3.2-3b-math": dict(_LLAMA_MATH, model="meta-llama/Llama-3.2-3B", max_new_tokens=1024,
-                             steps=500),
+    "llama3.1-8b-math": dict(_LLAMA_MATH, model="meta-llama/Llama-3.1-8B",
+                             max_new_tokens=MAX_NEW_TOKENS, steps=600),
+    "llama3.2-3b-math": dict(_LLAMA_MATH, model="meta-llama/Llama-3.2-3B",
+                             max_new_tokens=MAX_NEW_TOKENS, steps=500),
     # Train and held-out sets are disjoint (App. C.3: TinyZero's train/test protocol, CrossThinkQA's
     # official partition). Countdown: TinyZero's train split; held out: the first 1000 rows of its
     # test split. CrossThinkQA: held out, the first 811 rows of ROLL's processed file (our
@@ -172,9 +186,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None,
 
     ap = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter,
                                  epilog=f"The defaults shown are those of --preset {known.preset}.")
-    choices = {"credit": sorted(credit.CREDIT_STRATEGIES), "template": list(data.TEMPLATES),
-               "aggregation": ["seq-mean", "token-mean"], "preset": sorted(PRESETS),
-               "answer_fallback": list(rewards.FALLBACKS), "sharding": list(distributed.SHARDINGS)}
+    choices = {"credit": sorted(CREDIT_STRATEGIES), "template": list(dataspec.TEMPLATES),
+               "aggregation": list(AGGREGATIONS), "preset": sorted(PRESETS),
+               "answer_fallback": list(ANSWER_FALLBACKS), "sharding": list(SHARDINGS)}
     ap.add_argument("--show-config", action="store_true",
                     help="print the resolved configuration (preset, then flags) as JSON and exit")
     for f in dataclasses.fields(Config):
@@ -237,6 +251,16 @@ def _real(x, low: float, high: float, open_low: bool = False, open_high: bool = 
     return above and below
 
 
+def ratio_ok(x) -> bool:
+    """eq. (6)'s ratio is a share of the response tokens: a number in [0, 1] (flow.check_ratio)."""
+    return _real(x, 0, 1)
+
+
+def gamma_ok(x) -> bool:
+    """eq. (6)'s gamma_flow is a finite weight >= 0 (flow.check_gamma)."""
+    return _real(x, 0, math.inf, open_high=True)
+
+
 def _text(x) -> bool:
     return isinstance(x, str) and x.strip() != ""
 
@@ -245,10 +269,10 @@ def _data_fields_ok(text) -> bool:
     if text is not None and not isinstance(text, str):
         return False
     try:
-        fields = data.parse_fields(text) or {}
+        fields = dataspec.parse_fields(text) or {}
     except ValueError:
         return False
-    return set(fields) <= set(data.FIELD_NAMES)
+    return set(fields) <= set(dataspec.FIELD_NAMES)
 
 
 def _rules(c: Config) -> list[tuple[str, bool, str]]:
@@ -257,15 +281,16 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
     return [
         ("model", _text(c.model), "must name a model (a hub id or a folder)"),
         ("data", _text(c.data), "must name a task, a benchmark or a .jsonl file"),
-        ("data_format", c.data_format is None or c.data_format in data.FORMATS,
-         f"must be one of {sorted(data.FORMATS)}"),
+        ("data_format", c.data_format is None or c.data_format in dataspec.FORMATS,
+         f"must be one of {sorted(dataspec.FORMATS)}"),
         ("data_fields", _data_fields_ok(c.data_fields),
-         f"must be ours=theirs pairs with ours in {list(data.FIELD_NAMES)}"),
+         f"must be ours=theirs pairs with ours in {list(dataspec.FIELD_NAMES)}"),
         ("data_dir", c.data_dir is None or (_text(c.data_dir) and Path(c.data_dir).is_dir()),
          "must be an existing folder"),
         ("eval_data", _text(c.eval_data), "must name a task, a benchmark or a .jsonl file"),
         ("eval_limit", c.eval_limit is None or _int(c.eval_limit, 1), "must be >= 1 (or none)"),
-        ("template", c.template in data.TEMPLATES, f"must be one of {list(data.TEMPLATES)}"),
+        ("template", c.template in dataspec.TEMPLATES,
+         f"must be one of {list(dataspec.TEMPLATES)}"),
         ("steps", _int(c.steps, 1), "must be >= 1"),
         ("prompts_per_step", _int(c.prompts_per_step, 1), "must be >= 1"),
         ("group_size", _int(c.group_size, 2),
@@ -280,12 +305,12 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
          and (not _real(c.min_difficulty, 0, 1) or c.min_difficulty <= c.max_difficulty),
          "must be in [0, 1] and >= --min-difficulty"),
         ("drop_truncated", isinstance(c.drop_truncated, bool), "must be true or false"),
-        ("answer_fallback", c.answer_fallback in rewards.FALLBACKS,
-         f"must be one of {list(rewards.FALLBACKS)}"),
-        ("credit", c.credit in credit.CREDIT_STRATEGIES,
-         f"must be one of {sorted(credit.CREDIT_STRATEGIES)}"),
-        ("ratio", _real(c.ratio, 0, 1), "must be in [0, 1] (eq. 6's share of tokens)"),
-        ("gamma", _real(c.gamma, 0, inf, open_high=True), "must be finite and >= 0 (eq. 6)"),
+        ("answer_fallback", c.answer_fallback in ANSWER_FALLBACKS,
+         f"must be one of {list(ANSWER_FALLBACKS)}"),
+        ("credit", c.credit in CREDIT_STRATEGIES,
+         f"must be one of {sorted(CREDIT_STRATEGIES)}"),
+        ("ratio", ratio_ok(c.ratio), "must be in [0, 1] (eq. 6's share of tokens)"),
+        ("gamma", gamma_ok(c.gamma), "must be finite and >= 0 (eq. 6)"),
         ("layers", c.layers is None or (isinstance(c.layers, list) and len(c.layers) > 0
                                         and all(_int(x, 0) for x in c.layers)),
          "must be layer indices >= 0 (or none)"),
@@ -302,8 +327,7 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
          "must be finite and > 1 (or none)"),
         ("adv_clip", c.adv_clip is None or _real(c.adv_clip, 0, inf, True, True),
          "must be finite and > 0 (or none)"),
-        ("aggregation", c.aggregation in ("seq-mean", "token-mean"),
-         "must be seq-mean or token-mean"),
+        ("aggregation", c.aggregation in AGGREGATIONS, f"must be one of {list(AGGREGATIONS)}"),
         ("bf16", isinstance(c.bf16, bool), "must be true or false"),
         ("gradient_checkpointing", isinstance(c.gradient_checkpointing, bool),
          "must be true or false"),
@@ -323,8 +347,8 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
         ("preset", c.preset in PRESETS, f"must be one of {sorted(PRESETS)}"),
         ("allow_config_change", isinstance(c.allow_config_change, bool)
          and (c.resume or not c.allow_config_change), "applies to --resume only"),
-        ("sharding", c.sharding in distributed.SHARDINGS,
-         f"must be one of {list(distributed.SHARDINGS)}"),
+        ("sharding", c.sharding in SHARDINGS,
+         f"must be one of {list(SHARDINGS)}"),
         ("plan", isinstance(c.plan, bool), "must be true or false"),
         ("num_gpus", c.num_gpus is None or _int(c.num_gpus, 1), "must be >= 1 (or none)"),
         ("gpu_memory_gb", c.gpu_memory_gb is None

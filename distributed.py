@@ -27,8 +27,8 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
-# --sharding: "auto" lets memory.py pick ddp when the plan says it fits, else fsdp
-SHARDINGS = ("auto", "ddp", "fsdp")
+# --sharding (config.SHARDINGS): "auto" lets memory.py pick ddp when the plan says it fits, else
+# fsdp
 # FSDP frees a decoder layer's gathered weights after its forward (they are gathered again for its
 # backward): the update then holds about two gathered layers at a time, not the whole model.
 RESHARD_AFTER_FORWARD = True

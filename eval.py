@@ -34,8 +34,10 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-import cli
+import guards
+import config
 import data
+import dataspec
 import rewards
 import rollout
 
@@ -72,9 +74,9 @@ def check_settings(n: int, temperature: float, top_p: float, batch_size: int,
         raise ValueError(
             f"greedy decoding (temperature 0) gives {n} identical responses; use n=1"
         )
-    if template not in data.TEMPLATES:
+    if template not in dataspec.TEMPLATES:
         raise ValueError(
-            f"unknown template {template!r}; valid templates: {list(data.TEMPLATES)}"
+            f"unknown template {template!r}; valid templates: {list(dataspec.TEMPLATES)}"
         )
     if temperature == 0:
         return dict(rollout.GREEDY)
@@ -92,10 +94,11 @@ def check_output(path: Path) -> None:
         raise ValueError(f"--out {path}: not writable")
 
 
-def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1,
-             temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 1024,
+def evaluate(model, tokenizer, examples: Sequence[dataspec.Example], *, n: int = 1,
+             temperature: float = 0.0, top_p: float = 1.0,
+             max_new_tokens: int = config.MAX_NEW_TOKENS,
              template: str = "chat", batch_size: int = 16, desc: str = "eval",
-             progress: bool = True, workers: int = 2) -> dict:
+             progress: bool = True, workers: int = rewards.WORKERS) -> dict:
     """Sample n responses per example (greedy when temperature == 0), score them with
     rewards.score_batch.
 
@@ -122,7 +125,7 @@ def evaluate(model, tokenizer, examples: Sequence[data.Example], *, n: int = 1,
         for start in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch",
                           leave=False, disable=not progress):
             batch = examples[start : start + batch_size]
-            rendered = [data.render_prompt(e.prompt, template) for e in batch]
+            rendered = [dataspec.render_prompt(e.prompt, template) for e in batch]
             out = rollout.generate(model, tokenizer, [p for p, _ in rendered], n=n,
                                    max_new_tokens=max_new_tokens, capture=False,
                                    chat_template=rendered[0][1], **sampling)
@@ -193,13 +196,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmarks", required=True,
                    help=f"comma-separated: {', '.join(data.benchmark_names())}, "
                         "or paths of local .jsonl files")
-    data.add_data_flags(p)
+    dataspec.add_data_flags(p)
     p.add_argument("--n", type=int, default=4, help="samples per problem")
     p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (needs --n 1)")
     p.add_argument("--top-p", type=float, default=0.95,
                    help="nucleus sampling: keep the tokens of the top-p probability mass")
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="the longest response")
-    p.add_argument("--template", choices=data.TEMPLATES, default="chat",
+    p.add_argument("--max-new-tokens", type=int, default=config.MAX_NEW_TOKENS,
+                   help="the longest response")
+    p.add_argument("--template", choices=dataspec.TEMPLATES, default="chat",
                    help="chat (the tokenizer's chat template) or fewshot (the paper's few-shot "
                         "prompt, for base models)")
     p.add_argument("--limit", type=int, default=None, help="first K problems of each benchmark")
@@ -221,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # settings, model path and data are checked before the model loads: a typo fails in a
     # second, not after minutes
     check_settings(args.n, args.temperature, args.top_p, args.batch_size, args.template)
-    cli.check_model(args.model)
+    guards.check_model(args.model)
     if args.out:
         check_output(Path(args.out))
     sets = {key: data.load_source(b, args.data_format, args.data_fields, args.data_dir,
@@ -231,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.template == "chat" and not tokenizer.chat_template:
         raise ValueError(f"the tokenizer of {args.model} has no chat template: use "
                          "--template fewshot (the paper's few-shot prompt for base models)")
-    cli.warn_unencodable("eval.py", tokenizer, dict(zip(names, sets.values())), args.model)
+    guards.warn_unencodable("eval.py", tokenizer, dict(zip(names, sets.values())), args.model)
     results, start = {}, time.time()
     for name, examples in sets.items():
         set_seed(args.seed)  # each benchmark's samples do not depend on which ran before
@@ -252,4 +256,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run("eval.py", main, sys.argv[1:])
+    guards.run("eval.py", main, sys.argv[1:])

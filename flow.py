@@ -1,10 +1,10 @@
-"""Answer-targeted information flow on the attention DAG: eqs. (1)-(4), and the top-k selection of
-eq. (6) with its defaults RATIO and GAMMA (the credit strategies built on it live in credit.py).
+"""Answer-targeted information flow on the attention DAG, eqs. (1)-(4), and FlowTracer's token
+credit, eq. (6): flow_credit (the baselines built on the same top-k rule live in baselines.py).
 
 Paper: "How Does Reasoning Flow? Tracing Attention-Induced Information Flow for Targeted RL in
 LLMs", section 3.1 (eqs. 1-4), section 3.3 (eq. 6) and appendix C.2.
 
-Conventions (the README's "Conventions" section says the same with pictures in words):
+Conventions (docs/flow.md's "Conventions" section says the same with pictures in words):
 - attn[k, i] is what models return: row = query token k, column = key token i (rows sum to 1).
 - W[i, k] = attn[k, i] for i < k (eq. 1): an edge i -> k from an earlier to a later token.
 - Answer tokens A are absorbing: each sends its whole flow to a virtual sink with weight 1 and has
@@ -31,11 +31,12 @@ ends) get f = s (that is, 0 outside the prompt): never NaN.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from config import GAMMA, RATIO, gamma_ok, ratio_ok
 
 __all__ = [
     "influence_graph",
@@ -49,6 +50,10 @@ __all__ = [
     "GAMMA",
     "top_k_mask",
     "credit_weights",
+    "flow_scores",
+    "flow_credit",
+    "check_ratio",
+    "check_gamma",
 ]
 
 
@@ -267,9 +272,20 @@ def throughput(
 # eq. (6): which tokens get the extra credit
 # --------------------------------------------------------------------------------------------------
 
-# eq. (6)'s defaults (section 3.3): the top 40% of the response tokens by flow get gamma_flow = 1.5.
-RATIO = 0.4
-GAMMA = 1.5
+# eq. (6)'s defaults (section 3.3) are config.RATIO = 0.4 and config.GAMMA = 1.5: the top 40% of
+# the response tokens by flow get gamma_flow = 1.5.
+
+
+def check_ratio(ratio: float) -> None:
+    """eq. (6)'s ratio must be in [0, 1] (config.ratio_ok, the rule --ratio is checked by)."""
+    if not ratio_ok(ratio):
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+
+
+def check_gamma(gamma: float) -> None:
+    """eq. (6)'s gamma must be finite and >= 0 (config.gamma_ok, the rule of --gamma)."""
+    if not gamma_ok(float(gamma)):  # NaN fails too
+        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
 
 
 def top_k_mask(
@@ -282,8 +298,7 @@ def top_k_mask(
     selects 2. Ties go to the earlier token (stable sort), so the result is deterministic.
     scores: [..., T] finite on candidates; candidate_mask: [..., T] bool. Returns bool [..., T].
     """
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    check_ratio(ratio)
     if candidate_mask.dtype != torch.bool or candidate_mask.shape != scores.shape:
         raise ValueError(
             f"candidate_mask must be bool with the shape of scores {tuple(scores.shape)}, "
@@ -305,7 +320,42 @@ def credit_weights(mask: Tensor, gamma: float = GAMMA) -> Tensor:
     """gamma of eq. (6): gamma_flow on the selected tokens, 1 elsewhere; float32 [..., T]."""
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool, got {mask.dtype}")
-    if not 0 <= float(gamma) < math.inf:  # NaN fails too
-        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
+    check_gamma(gamma)
     one = torch.ones((), dtype=torch.float32, device=mask.device)
     return torch.where(mask, one * gamma, one)
+
+
+# --------------------------------------------------------------------------------------------------
+# FlowTracer's credit: eq. (6) on the throughput of eqs. (1)-(4)
+# --------------------------------------------------------------------------------------------------
+
+
+def flow_scores(attn: Tensor, prompt_mask: Tensor, answer_mask: Tensor, response_mask: Tensor
+                ) -> tuple[Tensor, Tensor]:
+    """Throughput tau [B, T] (float64) of section 3.1 and the candidates [B, T] it ranks.
+
+    attn: [B, T, T] captured attention (row = query); masks [B, T] bool. Candidates are the
+    response tokens of sequences that have both a prompt and an answer region. A response without
+    an answer span (no \\boxed{...}, truncated) has no flow target: it gets no candidates, so every
+    flow strategy leaves its gamma at 1 (plain GRPO for that sequence).
+    """
+    ok = prompt_mask.any(-1) & answer_mask.any(-1)                     # [B] flow is defined
+    tau = torch.zeros(response_mask.shape, dtype=torch.float64, device=attn.device)  # [B, T]
+    if ok.all():                                                       # the usual case: no row copy
+        tau = throughput(influence_graph(attn), prompt_mask, answer_mask)
+    elif ok.any():
+        W = influence_graph(attn[ok])                                  # [b, T, T] eq. (1)
+        tau[ok] = throughput(W, prompt_mask[ok], answer_mask[ok])
+    return tau, response_mask & ok[:, None]
+
+
+def flow_credit(attn: Tensor, prompt_mask: Tensor, answer_mask: Tensor, response_mask: Tensor,
+                ratio: float = RATIO, gamma: float = GAMMA) -> Tensor:
+    """FlowTracer's token credit, eq. (6): gamma on the top `ratio` of each response's tokens by
+    flow throughput tau (eqs. (1)-(4)), 1 on every other token. float32 [B, T].
+
+    attn: [B, T, T] mean attention of the middle layers (capture.py); prompt_mask (Q),
+    answer_mask (A) and response_mask: [B, T] bool, as rollout.generate returns them.
+    """
+    tau, candidates = flow_scores(attn, prompt_mask, answer_mask, response_mask)   # [B, T] x 2
+    return credit_weights(top_k_mask(tau, candidates, ratio), gamma)

@@ -10,10 +10,11 @@ Three pieces:
                     that neither the [B, T, V] logits nor their float32 log-softmax are ever
                     materialised.
 
-Alignment convention: token_logprobs returns [B, T-1], column t = log-prob of token t+1. Everything
-that policy_loss multiplies with it (gamma, response_mask) must be sliced the same way: `x[:, 1:]`.
+Alignment: token_logprobs returns [B, T-1], column t = log-prob of token t+1; `align` slices every
+[B, T] per-token tensor (gamma, response_mask) the same way. `position_ids` is the one place where
+positions are counted (over non-pad tokens, as HF generate counts them).
 
-The token credit gamma [B, T] comes from credit.py (eq. (6) and the paper's baselines).
+The token credit gamma [B, T] comes from credit.py (eq. (6): flow.flow_credit; baselines.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from config import ADV_CLIP, AGGREGATIONS, CLIP_EPS, DUAL_CLIP
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,9 +67,9 @@ def policy_loss(
     advantages: Tensor,
     gamma: Tensor,
     response_mask: Tensor,
-    clip_eps: float = 0.2,
-    dual_clip: float | None = 3.0,
-    adv_clip: float | None = 2.0,
+    clip_eps: float = CLIP_EPS,
+    dual_clip: float | None = DUAL_CLIP,
+    adv_clip: float | None = ADV_CLIP,
     *,
     aggregation: str = "seq-mean",
 ) -> tuple[Tensor, dict[str, float]]:
@@ -97,7 +100,7 @@ def policy_loss(
     No KL term: the paper trains without one.
 
     Shapes: logp, old_logp, gamma, response_mask: [B, L] token-aligned (L = T-1 when logp comes from
-    token_logprobs: pass gamma[:, 1:] and response_mask[:, 1:]); advantages: [B].
+    token_logprobs: pass align(gamma) and align(response_mask)); advantages: [B].
     Positions outside response_mask contribute nothing, whatever logp holds there.
     """
     _check_loss_inputs(logp, old_logp, advantages, gamma, response_mask, clip_eps, dual_clip,
@@ -134,7 +137,7 @@ def _check_loss_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, gamma
                        response_mask: Tensor, clip_eps: float, dual_clip: float | None,
                        aggregation: str) -> None:
     """policy_loss's arguments: shapes [B, L] and [B], ranges, finite advantages and gamma."""
-    if aggregation not in ("seq-mean", "token-mean"):
+    if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be 'seq-mean' or 'token-mean', got {aggregation!r}")
     if logp.dim() != 2:
         raise ValueError(f"logp must be [B, L], got shape {tuple(logp.shape)}")
@@ -143,7 +146,8 @@ def _check_loss_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, gamma
         if x.shape != logp.shape:
             raise ValueError(
                 f"{name} has shape {tuple(x.shape)} but logp has {tuple(logp.shape)}; "
-                "token_logprobs returns [B, T-1], so slice [B, T] masks and gamma with [:, 1:]")
+                "token_logprobs returns [B, T-1], so align [B, T] masks and gamma with [:, 1:] "
+                "(grpo.align)")
     if advantages.shape != logp.shape[:1]:
         raise ValueError(f"advantages must be [B] = [{logp.shape[0]}], "
                          f"got shape {tuple(advantages.shape)}")
@@ -177,8 +181,27 @@ def _loss_stats(r: Tensor, adv: Tensor, dual: Tensor, gamma: Tensor, mask: Tenso
 
 
 # --------------------------------------------------------------------------------------------------
-# per-token log-probabilities, chunked over the sequence
+# per-token log-probabilities, chunked over the sequence, and their alignment
 # --------------------------------------------------------------------------------------------------
+
+def align(per_token: Tensor) -> Tensor:
+    """A per-token [B, T] tensor (gamma, response_mask) -> [B, T-1], aligned with token_logprobs.
+
+    Column t of token_logprobs is the log-prob of token t+1 (token 0 has no prediction), so the
+    value that goes with it is x[:, t+1]: the alignment every caller of policy_loss needs.
+    """
+    return per_token[:, 1:]
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Position ids over non-pad tokens, exactly as HF generate builds them for a left-padded batch:
+    [B, T] long, 0 on padding.
+
+    With them a left-padded sequence gets the same rotary positions, hence the same attention and
+    log-probs, as the unpadded one (token_logprobs, the attention capture, the baselines' passes).
+    """
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill_(attention_mask == 0, 0)
+
 
 def _chunk_logprobs(hidden: Tensor, targets: Tensor, lm_head: torch.nn.Module, temperature: float,
                     with_entropy: bool) -> tuple[Tensor, Tensor]:
@@ -218,7 +241,7 @@ def token_logprobs(
     With return_entropy, also the entropy of the (tempered) next-token distribution at each
     position, [B, T-1], computed in the same pass; column t is the entropy of the distribution token
     t+1 was drawn from.
-    Position ids follow the attention mask (cumsum - 1), as in generate(), so left padding is
+    Position ids follow the attention mask (position_ids), as in generate(), so left padding is
     handled.
     Values at padded positions are finite but meaningless: mask them.
     """
@@ -235,9 +258,9 @@ def token_logprobs(
         raise ValueError("models with final logit softcapping are not supported "
                          "(the LM head is applied directly)")
 
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)   # [B, T]
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=position_ids).last_hidden_state     # [B, T, H]
+                                 position_ids=position_ids(attention_mask)).last_hidden_state
+    # hidden: [B, T, H]
     hidden, targets = hidden[:, :-1], input_ids[:, 1:]                 # [B, T-1, H], [B, T-1]
     lm_head = model.get_output_embeddings()
     logps, ents = [], []

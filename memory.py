@@ -18,7 +18,7 @@ A run goes through four phases, and the plan adds up what each holds (per GPU, N
            gathered units in flight;
   step     the AdamW step: its scratch (one float32 copy of the parameters with torch's foreach
            implementation on CUDA);
-and `evaluate`, the held-out generation (train.held_out_accuracy). Training state: float32
+and `evaluate`, the held-out generation (harness.held_out_accuracy). Training state: float32
 weights (4 bytes per parameter), gradients (4), AdamW's two moments (8), divided by N under FSDP;
 DDP adds its gradient buckets (4). The model of each term is in `_rows`; docs/scaling.md checks
 it against measured peaks.
@@ -38,7 +38,7 @@ from accelerate import PartialState
 
 import credit
 import grpo
-import rollout
+from capture import CHUNK_BYTES
 from config import ROOT, Config
 
 GB = 1 << 30  # "GB" in this file is 2^30 bytes; an "80 GB" GPU holds about 80 of them
@@ -221,7 +221,7 @@ def _rows(cfg: Config, m: ModelShape, gpus: int, sharding: str, device: str
     per_gpu = math.ceil(cfg.prompts_per_step / gpus)  # prompts this GPU samples per step
     generated = min(cfg.generation_batch or per_gpu, per_gpu) * cfg.group_size  # N per generate
     micro = min(cfg.micro_batch, per_gpu * cfg.group_size)  # rows per forward/backward
-    evaluated = cfg.micro_batch * 4  # train.held_out_accuracy's prompts per generate call
+    evaluated = cfg.micro_batch * 4  # harness.held_out_accuracy's prompts per generate call
     capture = cfg.credit in credit.ATTENTION_STRATEGIES
     kv_per_token = 2 * m.layers * m.kv_heads * m.head_dim * c  # K and V of every layer
     q, kv = m.heads * m.head_dim, m.kv_heads * m.head_dim
@@ -255,7 +255,7 @@ def _rows(cfg: Config, m: ModelShape, gpus: int, sharding: str, device: str
     # the KV cache the new tokens fill later. Plus the last position's float32 logits (sampling
     # and top-k copies) and, with the capture, one query chunk of the prefill's scores.
     prefill = c * (4 * m.intermediate + 3 * q + 2 * kv + 4 * m.hidden)  # per prompt token
-    chunk = min(rollout.CHUNK_BYTES, 8 * generated * m.heads * prompt**2) if capture else 0
+    chunk = min(CHUNK_BYTES, 8 * generated * m.heads * prompt**2) if capture else 0
     rows["prefill activations (sampling)"] = (
         max(0, generated * prompt * prefill - generated * (seq - prompt) * kv_per_token)
         + 3 * 4 * generated * m.vocab + chunk)

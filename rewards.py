@@ -18,6 +18,7 @@ from typing import Sequence
 from math_verify import LatexExtractionConfig, parse, verify
 
 import sandbox
+from config import ANSWER_FALLBACKS
 
 # math-verify warns once that its signal timeouts are off: we run our own deadline instead.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -28,7 +29,6 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 
 _BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _NONBLANK = re.compile(r"\S")
-FALLBACKS = ("last_line", None)
 
 
 def _brace_matches(text: str) -> dict[int, int]:
@@ -102,8 +102,9 @@ def answer_span(response: str, fallback: str | None = None) -> tuple[int, int] |
     fallback="last_line", the last non-empty line. rollout.py turns the span into the answer
     token mask through the tokenizer's offsets.
     """
-    if fallback not in FALLBACKS:
-        raise ValueError(f"answer_span: fallback must be one of {FALLBACKS}, got {fallback!r}")
+    if fallback not in ANSWER_FALLBACKS:
+        raise ValueError(f"answer_span: fallback must be one of {ANSWER_FALLBACKS}, "
+                         f"got {fallback!r}")
     box, tag = boxed_span(response), _answer_tag_span(response)
     span = tag if box is None or (tag is not None and box[1] < tag[0]) else box
     if span is None and fallback == "last_line":
@@ -414,8 +415,11 @@ def _score_here(index: int, kind: str, response: str, gold) -> float:
         raise ValueError(f"score_batch: item {index}: {type(e).__name__}: {e}") from e
 
 
+WORKERS = 2  # score_batch's pool of isolated workers, unless a caller says otherwise
+
+
 def score_batch(kind: str, responses: Sequence[str], golds: Sequence,
-                timeout_s: float = sandbox.ITEM_TIMEOUT_S, workers: int = 2) -> list[float]:
+                timeout_s: float = sandbox.ITEM_TIMEOUT_S, workers: int = WORKERS) -> list[float]:
     """Rewards of `responses` against `golds` with REWARDS[kind], scored in `workers` processes.
 
     Each item may use `timeout_s` of CPU time in its worker (and sandbox.WALL_BACKSTOP times that

@@ -1,4 +1,5 @@
-"""The run folder of train.py: a lock, checkpoints that verify, resume, the metrics log, the curves.
+"""The run folder of train.py: a lock, checkpoints that verify (checkpoints.py), resume; the metrics
+log and the curves are metrics.py's.
 
     OUT/.lock                            who uses the folder now: pid, host, start time (flock)
     OUT/config.json                      the configuration the run goes on with
@@ -26,13 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 import config
+from checkpoints import CheckpointError, checkpoint_dirs, file_digests, verify
 
 # Fields that say how this process runs, not what the run is: never taken from a saved config.
 PER_INVOCATION = ("out", "resume", "overwrite", "allow_config_change")
@@ -51,7 +51,7 @@ RESUME_SAFE = ("eval_every", "save_every", "keep_checkpoints", "reward_workers",
                "num_gpus", "gpu_memory_gb", "plan_prompt_tokens")  # the last three: memory.py
 
 
-def _note(message: str) -> None:
+def note(message: str) -> None:
     """A message of the main process (RANK is set by accelerate launch, before any Accelerator)."""
     if os.environ.get("RANK", "0") == "0":
         print(f"note: {message}", flush=True)
@@ -96,7 +96,7 @@ def lock_run(out: Path) -> None:
     f.seek(0)
     previous = f.read()
     if previous.strip():
-        _note(f"took over the stale lock {path} of a run that is gone ({_holder(previous)})")
+        note(f"took over the stale lock {path} of a run that is gone ({_holder(previous)})")
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -137,69 +137,7 @@ def clean_temporaries(out: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints and their checksums
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be trusted; the message names the bad file."""
-
-
-def checkpoint_dirs(out: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a checkpoint gets its final name once fully written)."""
-    return sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _sha256s(paths: list[Path]) -> list[str]:
-    """SHA-256 of each file, several files at a time (hashlib releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(_sha256, paths))
-
-
-def file_digests(folder: Path) -> dict[str, list]:
-    """{path relative to folder: [size in bytes, SHA-256]} of every file below it."""
-    paths = [p for p in sorted(folder.rglob("*")) if p.is_file()]
-    return {p.relative_to(folder).as_posix(): [p.stat().st_size, digest]
-            for p, digest in zip(paths, _sha256s(paths))}
-
-
-def verify(ckpt: Path) -> dict:
-    """The record (step.json) of a checkpoint whose every file has the size and SHA-256 that
-    step.json lists; CheckpointError naming the first file that does not."""
-    try:
-        record = json.loads((ckpt / "step.json").read_text())
-        missing = [k for k in ("step", "files", "before", "eval", "changes", "config")
-                   if k not in record]
-        if missing:
-            raise KeyError(missing[0])
-        files, step = record["files"], record["step"]
-        if not isinstance(files, dict) or "metrics.jsonl" not in files:
-            raise ValueError("no list of files")
-        if step != int(ckpt.name.split("-")[1]):
-            raise ValueError(f"it says step {step}")
-    except FileNotFoundError:
-        raise CheckpointError(f"{ckpt / 'step.json'}: missing") from None
-    except KeyError as e:
-        raise CheckpointError(f"{ckpt / 'step.json'}: no {e} (a checkpoint of an older train.py, "
-                              "without checksums, or a damaged file)") from None
-    except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{ckpt / 'step.json'}: unreadable ({e})") from None
-    for name, (size, _) in files.items():
-        path = ckpt / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: missing")
-        if path.stat().st_size != size:
-            raise CheckpointError(f"{path}: {path.stat().st_size} bytes where {size} were "
-                                  "written (truncated or damaged)")
-    paths = [ckpt / name for name in files]
-    for path, (_, digest), got in zip(paths, files.values(), _sha256s(paths)):
-        if got != digest:
-            raise CheckpointError(f"{path}: checksum mismatch (damaged)")
-    return record
+# Checkpoints (their checksums: checkpoints.py)
 
 
 def _set_aside(ckpt: Path, prefix: str) -> Path:
@@ -265,11 +203,11 @@ def _saved_config(out: Path) -> dict | None:
         saved = json.loads(path.read_text())
         if isinstance(saved, dict):
             return saved
-        _note(f"{path} holds no configuration; using the newest checkpoint's")
+        note(f"{path} holds no configuration; using the newest checkpoint's")
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as e:
-        _note(f"{path} is unreadable ({e}); using the newest checkpoint's configuration")
+        note(f"{path} is unreadable ({e}); using the newest checkpoint's configuration")
     for ckpt in reversed(checkpoint_dirs(out)):
         try:
             return json.loads((ckpt / "step.json").read_text())["config"]
@@ -307,7 +245,7 @@ def open_run(accelerator: Accelerator, out: Path, cfg: config.Config) -> Run:
         try:
             stale = clean_temporaries(out)
             if stale:
-                _note(f"removed what an interrupted run left half-written: "
+                note(f"removed what an interrupted run left half-written: "
                       f"{', '.join(str(p.relative_to(out)) for p in stale)}")
             run = _resume(out, cfg) if cfg.resume else _start(out, cfg)
             if not run.finished:
@@ -361,7 +299,7 @@ def _resume(out: Path, cfg: config.Config) -> Run:
               accuracy=record["eval"]["accuracy"], changes=record["changes"],
               metrics=[json.loads(line) for line in log])
     if run.start >= cfg.steps:
-        _note(f"{ckpt} is at step {run.start} of --steps {cfg.steps}: the run is finished, "
+        note(f"{ckpt} is at step {run.start} of --steps {cfg.steps}: the run is finished, "
               "nothing to do")
         run.finished = True
         return run
@@ -376,10 +314,10 @@ def _resume(out: Path, cfg: config.Config) -> Run:
                          f"{run.start + 1} on (recorded in {out / 'run.json'})")
     for bad, why in damaged:
         moved = _set_aside(bad, "damaged-")
-        _note(f"{why}: not resuming from it (moved to {moved}); falling back to {ckpt}")
+        note(f"{why}: not resuming from it (moved to {moved}); falling back to {ckpt}")
     for k, (old, new) in changed.items():
         run.changes.append({"step": run.start + 1, "flag": _flag(k), "from": old, "to": new})
-        _note(f"{_flag(k)} changes from {old!r} to {new!r} from step {run.start + 1} on")
+        note(f"{_flag(k)} changes from {old!r} to {new!r} from step {run.start + 1} on")
     return run
 
 
@@ -463,92 +401,3 @@ def finish(accelerator: Accelerator, run: Run) -> dict:
     accelerator.print(f"run folder: {run.out}")
     accelerator.print(f"held-out accuracy: {run.before:.3f} -> {run.accuracy:.3f}")
     return {"before": run.before, "after": run.accuracy, "out": str(run.out)}
-
-
-# --------------------------------------------------------------------------------------------------
-# The metrics log and the curves
-
-
-class MetricsLog:
-    """metrics.jsonl (one JSON object per line) and tensorboard when it is installed. It starts from
-    `records` (the resumed checkpoint's log; [] for a new run), rewritten atomically: the lines a
-    killed run wrote past its checkpoint are dropped, and a missing, truncated or damaged file is
-    restored. Only the main process writes (enabled=False elsewhere)."""
-
-    def __init__(self, out: Path, records: list[dict], enabled: bool):
-        self.path, self.enabled, self.records = out / "metrics.jsonl", enabled, list(records)
-        if not enabled:
-            return
-        if records and _readable_lines(self.path, records[-1]["step"]) != records:
-            _note(f"{self.path} was missing, truncated or damaged: steps 0..{records[-1]['step']} "
-                  "restored from the checkpoint")
-        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
-
-
-def _readable_lines(path: Path, last_step: int) -> list[dict]:
-    """The records of metrics.jsonl up to last_step, read up to the first line that is not one."""
-    records = []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, ValueError):
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-            if record["step"] <= last_step:
-                records.append(record)
-        except (ValueError, KeyError, TypeError):
-            break
-    return records
-
-
-def peak_ema(values: list[float], alpha: float) -> list[float]:
-    """The paper's peak-tracking EMA (App. C.3):
-    ema_t = alpha * max(x_t, ema_{t-1}) + (1 - alpha) * ema_{t-1}."""
-    out: list[float] = []
-    for x in values:
-        out.append(x if not out else alpha * max(x, out[-1]) + (1 - alpha) * out[-1])
-    return out
-
-
-def plot(records: list[dict], path: Path, ema: float | None) -> None:
-    """Training reward and held-out accuracy against the step, optionally smoothed with peak_ema."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def smooth(values: list[float]) -> list[float]:
-        return peak_ema(values, ema) if ema else values
-
-    train = [r for r in records if "reward" in r]
-    evals = [r for r in records if "eval_accuracy" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    axes[0].plot([r["step"] for r in train], smooth([r["reward"] for r in train]))
-    axes[0].set(title="training reward (mean over samples)", xlabel="step")
-    accuracy = smooth([r["eval_accuracy"] for r in evals])
-    axes[1].plot([r["step"] for r in evals], accuracy, marker="o")
-    axes[1].set(title="held-out accuracy (greedy)", xlabel="step")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.suptitle(path.parent.name + (f"  (peak-tracking EMA, alpha={ema})" if ema else ""))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

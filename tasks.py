@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from data import Example
+from dataspec import Example
 
 OPS = "+-*"
 

@@ -8,53 +8,57 @@
     python train.py --out runs/x --resume         # continue from the last checkpoint of runs/x
 
 One step is one optimizer update (the paper's rollout batch is its global batch):
-  1. sample   group_size responses for each of prompts_per_step prompts (HF generate); the
-              middle-layer attention is captured on the way (rollout.py) if the strategy reads it
-              (its share of time_generate is time_capture: FlowTracer's overhead per step is
-              time_capture + time_credit, Table 6).
-  2. score    verify each response (rewards.py); group-relative advantages (grpo.group_advantages,
-              eq. 10); filter: drop groups whose mean reward lies outside [min_difficulty,
-              max_difficulty] (paper: 0.1-0.95) and responses cut off at max_new_tokens.
-  3. credit   gamma [B, T] of the chosen strategy (credit.py); for `flow`, eqs. (1)-(6) via flow.py.
+  1. sample   group_size responses for each of prompts_per_step prompts (rollout.generate, HF
+              generate); the middle-layer attention is captured on the way (capture.py) if the
+              strategy reads it (its share of time_generate is time_capture: FlowTracer's overhead
+              per step is time_capture + time_credit, Table 6).
+  2. score    verify each response (rewards.score_batch); group-relative advantages
+              (grpo.group_advantages, eq. 10); filter: drop groups whose mean reward lies outside
+              [min_difficulty, max_difficulty] (paper: 0.1-0.95) and responses cut off at
+              max_new_tokens.
+  3. credit   gamma [B, T] of the chosen strategy (credit.credit_gamma); for `flow`,
+              flow.flow_credit: eqs. (1)-(4) and (6). Baselines: baselines.py.
   4. update   the gamma-weighted clipped surrogate of eq. (5) (grpo.policy_loss), accumulated over
               micro-batches, normalised over the whole global batch, one AdamW step.
+The model has one name per role: `lm` is the causal LM (generation, saving), `policy` the Policy
+around it (its forward gives log-probs), `wrapped` accelerate's wrapper of the policy (DDP, FSDP;
+the update calls it).
 With several processes, DDP or FSDP2 (--sharding; distributed.py); the memory plan (memory.py) is
 printed at start, and a run predicted not to fit stops before the model is loaded.
 Held-out accuracy is measured greedily before training, every eval_every steps and at the end; the
 run prints `held-out accuracy: BEFORE -> AFTER` and leaves metrics.jsonl, curves.png and checkpoints
-in the run folder (runs.py). The configuration and presets are in config.py.
+in the run folder (runs.py). The configuration and presets are in config.py; loading the model and
+the data, the held-out accuracy and the timer are harness.py's (skip it on a first read).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import cli
 import credit
 import data
 import distributed
 import grpo
+import guards
+import harness
 import memory
+import metrics
 import rewards
 import rollout
 import runs
-import tasks
 from config import PRESETS, ROOT, Config, parse_args, validate  # noqa: F401
-from eval import evaluate
+from dataspec import Example, render_prompt
 
 # --------------------------------------------------------------------------------------------------
-# The policy, its data
+# The policy: the causal LM behind one forward that returns log-probs
 
 
 class Policy(torch.nn.Module):
@@ -70,56 +74,8 @@ class Policy(torch.nn.Module):
         self.lm, self.temperature = lm, temperature
         self._no_split_modules = lm._no_split_modules  # FSDP's units: one per decoder layer
 
-    def forward(self, input_ids, attention_mask, return_entropy: bool = False):
-        return grpo.token_logprobs(self.lm, input_ids, attention_mask, self.temperature,
-                                   return_entropy=return_entropy)
-
-
-def load_for_training(cfg: Config, device: torch.device):
-    """Model (float32 master weights, SDPA attention) and tokenizer, checked for a run's needs."""
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if cfg.template == "chat" and not tokenizer.chat_template:
-        raise SystemExit(f"{cfg.model}: the tokenizer has no chat template; use --template fewshot "
-                         "(base models such as Llama-3.x) or a model folder whose "
-                         "tokenizer_config.json holds one")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32,
-                                                     attn_implementation="sdpa")
-    except ValueError as e:  # transformers' error for an architecture without SDPA support
-        raise SystemExit(f"{cfg.model}: cannot load with attn_implementation='sdpa', which the "
-                         f"attention capture of rollout.py needs ({e})") from e
-    if cfg.credit in credit.ATTENTION_STRATEGIES:
-        cli.check_layers(model, cfg.layers)  # a bad --layers fails now, not after a rollout
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model.to(device), tokenizer
-
-
-def training_examples(cfg: Config) -> list[data.Example]:
-    """The training set. A synthetic task (tasks.TASKS) draws problems outside its held-out set."""
-    if cfg.data in tasks.TASKS:
-        return tasks.TASKS[cfg.data].training(cfg.steps * cfg.prompts_per_step, cfg.seed)
-    return data.load_source(cfg.data, cfg.data_format, cfg.data_fields, cfg.data_dir)
-
-
-def held_out_examples(cfg: Config) -> list[data.Example]:
-    """The held-out set (--data-format and --data-fields describe every local file named)."""
-    return data.load_source(cfg.eval_data, cfg.data_format, cfg.data_fields, cfg.data_dir,
-                            limit=cfg.eval_limit)
-
-
-def examples_for_step(examples: list, step: int, n: int, seed: int) -> list:
-    """The n prompts of a step: epochs of seeded permutations, so the order depends only on
-    (seed, step) and a resumed run sees the same prompts."""
-    out, start = [], step * n
-    while len(out) < n:
-        epoch, offset = divmod(start + len(out), len(examples))
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(examples), generator=generator)
-        out += [examples[i] for i in order[offset : offset + n - len(out)].tolist()]
-    return out
+    def forward(self, input_ids, attention_mask):
+        return grpo.token_logprobs(self.lm, input_ids, attention_mask, self.temperature)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,41 +117,41 @@ class Batch:
                      advantages=torch.cat([p.advantages for p in pieces]))
 
 
-def sample(cfg: Config, policy: Policy, tokenizer, examples: list[data.Example]) -> rollout.Rollout:
+def sample(cfg: Config, lm, tokenizer, examples: list[Example]) -> rollout.Rollout:
     """1. group_size responses per example; the attention is captured if the strategy reads it."""
-    prompts, chat = zip(*(data.render_prompt(e.prompt, cfg.template) for e in examples))
-    policy.lm.eval()
-    r = rollout.generate(policy.lm, tokenizer, list(prompts), n=cfg.group_size,
-                         temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                         max_new_tokens=cfg.max_new_tokens, layers=cfg.layers,
-                         chat_template=chat[0], capture=cfg.credit in credit.ATTENTION_STRATEGIES,
-                         answer_fallback=cfg.answer_fallback)
-    policy.lm.train()
-    return r
+    prompts, chat = zip(*(render_prompt(e.prompt, cfg.template) for e in examples))
+    lm.eval()
+    ro = rollout.generate(lm, tokenizer, list(prompts), n=cfg.group_size,
+                          temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                          max_new_tokens=cfg.max_new_tokens, layers=cfg.layers,
+                          chat_template=chat[0], capture=cfg.credit in credit.ATTENTION_STRATEGIES,
+                          answer_fallback=cfg.answer_fallback)
+    lm.train()
+    return ro
 
 
-def score_and_filter(cfg: Config, r: rollout.Rollout, examples: list[data.Example], eos: list[int]
+def score_and_filter(cfg: Config, ro: rollout.Rollout, examples: list[Example], eos: list[int]
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """2. rewards, advantages (eq. 10) and which rows to keep; also the sums behind the statistics.
 
     Returns advantages [B], keep [B] bool, sums."""
     golds = [e.gold for e in examples for _ in range(cfg.group_size)]
-    scores = rewards.score_batch(examples[0].kind, r.texts, golds, workers=cfg.reward_workers)
-    reward = torch.tensor(scores, device=r.input_ids.device)  # [B]
+    scores = rewards.score_batch(examples[0].kind, ro.texts, golds, workers=cfg.reward_workers)
+    reward = torch.tensor(scores, device=ro.input_ids.device)  # [B]
     advantages = grpo.group_advantages(reward, cfg.group_size)  # [B] eq. (10)
     group_mean = reward.view(-1, cfg.group_size).mean(-1).repeat_interleave(cfg.group_size)  # [B]
     keep = (group_mean >= cfg.min_difficulty) & (group_mean <= cfg.max_difficulty)  # [B]
-    eos_ids = torch.tensor(eos, device=r.input_ids.device)
-    finished = (torch.isin(r.input_ids, eos_ids) & r.response_mask).any(-1)  # [B] ended with EOS
+    eos_ids = torch.tensor(eos, device=ro.input_ids.device)
+    finished = (torch.isin(ro.input_ids, eos_ids) & ro.response_mask).any(-1)  # [B] ended with EOS
     if cfg.drop_truncated:
         keep &= finished
     sums = {"reward": float(reward.sum()), "n": len(reward), "kept": float(keep.sum()),
-            "response_len": float(r.lengths.sum()), "truncated": float((~finished).sum())}
+            "response_len": float(ro.lengths.sum()), "truncated": float((~finished).sum())}
     return advantages, keep, sums
 
 
-def credit_batch(cfg: Config, r: rollout.Rollout, keep: torch.Tensor, advantages: torch.Tensor,
-                 policy: Policy, step: int, rank: int, tokenizer=None) -> Batch:
+def credit_batch(cfg: Config, ro: rollout.Rollout, keep: torch.Tensor, advantages: torch.Tensor,
+                 lm, step: int, rank: int, tokenizer=None) -> Batch:
     """3. gamma [b, T] of the kept rows, micro-batch by micro-batch (the flow solve is [b, T, T]
     float64), and the Batch the update reads."""
     kept = keep.nonzero().squeeze(1)
@@ -203,24 +159,19 @@ def credit_batch(cfg: Config, r: rollout.Rollout, keep: torch.Tensor, advantages
         # Keep one row, without response tokens: it weighs nothing, but this process still has a row
         # for the update's passes (see distributed.micro_batches).
         kept = torch.zeros(1, dtype=torch.long, device=keep.device)
-        r.response_mask[0] = False
-    r = r.rows(kept)
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)  # `random`
-    gammas = []
-    for idx in torch.arange(r.input_ids.shape[0]).split(cfg.micro_batch):
-        part = r.rows(idx)
-        entropy = None
-        if cfg.credit == "entropy":  # the policy's own next-token entropy, one no-grad pass
-            with torch.no_grad():
-                _, entropy = policy(part.input_ids, part.attention_mask, return_entropy=True)
-        gammas.append(credit.credit_gamma(cfg.credit, part, ratio=cfg.ratio, gamma=cfg.gamma,
-                                          entropy=entropy, model=policy.lm, generator=generator,
-                                          tokenizer=tokenizer))
-    gamma = torch.cat(gammas).to(r.input_ids.device)  # [b, T]
-    return Batch(r.input_ids, r.attention_mask, r.response_mask, gamma, advantages[kept])
+        ro.response_mask[0] = False
+    ro = ro.rows(kept)
+    # the draws of the `random` baseline: one stream per (seed, step, process)
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 1009 + rank)
+    gammas = [credit.credit_gamma(cfg.credit, ro.rows(idx), ratio=cfg.ratio, gamma=cfg.gamma,
+                                  model=lm, temperature=cfg.temperature, generator=generator,
+                                  tokenizer=tokenizer)
+              for idx in torch.arange(ro.input_ids.shape[0]).split(cfg.micro_batch)]
+    gamma = torch.cat(gammas).to(ro.input_ids.device)  # [b, T]
+    return Batch(ro.input_ids, ro.attention_mask, ro.response_mask, gamma, advantages[kept])
 
 
-def update(cfg: Config, accelerator: Accelerator, model, optimizer, batch: Batch
+def update(cfg: Config, accelerator: Accelerator, wrapped, optimizer, batch: Batch
            ) -> dict[str, float]:
     """4. One AdamW step on the global batch: eq. (5) summed over micro-batches and processes.
 
@@ -231,114 +182,67 @@ def update(cfg: Config, accelerator: Accelerator, model, optimizer, batch: Batch
     nothing.
     """
     token_mean = cfg.aggregation == "token-mean"
-    tokens = batch.response_mask[:, 1:].sum(-1)  # [B] response tokens that get a log-prob
+    tokens = grpo.align(batch.response_mask).sum(-1)  # [B] response tokens that get a log-prob
     mine = tokens.sum() if token_mean else (tokens > 0).sum()
     total = accelerator.reduce(mine, "sum").item()
     if total == 0:  # every process agrees: nothing to learn from in this step
         return {"skipped": 1.0}
     sums: Counter = Counter()
     n_rows = batch.input_ids.shape[0]
-    passes = distributed.micro_batches(accelerator, model, n_rows, cfg.micro_batch)
+    passes = distributed.micro_batches(accelerator, wrapped, n_rows, cfg.micro_batch)
     for idx, real, in_step in passes:
         size = tokens[idx].sum().item() if token_mean else len(idx)
         weight = size / total * accelerator.num_processes if real else 0.0
         mb = batch.rows(idx)
         with in_step:
-            logp = model(mb.input_ids, mb.attention_mask)  # [b, T-1]
+            logp = wrapped(mb.input_ids, mb.attention_mask)  # [b, T-1]
             # One update per rollout (the paper's global batch = rollout batch): old_logp = logp,
-            # so r = 1.
+            # so the probability ratio is 1.
             loss, stats = grpo.policy_loss(
-                logp, logp.detach(), mb.advantages, mb.gamma[:, 1:], mb.response_mask[:, 1:],
+                logp, logp.detach(), mb.advantages, grpo.align(mb.gamma),
+                grpo.align(mb.response_mask),
                 clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip, adv_clip=cfg.adv_clip,
                 aggregation=cfg.aggregation)
             accelerator.backward(loss * weight)
         for k, v in {**stats, "loss": loss.item()}.items():  # statistics: weighted like the loss
             sums[k] += v * weight / accelerator.num_processes
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return distributed.sum_over_processes(accelerator, sums) | {"grad_norm": float(grad_norm)}
 
 
-def train_step(cfg: Config, accelerator: Accelerator, model, optimizer, tokenizer, examples,
+def train_step(cfg: Config, accelerator: Accelerator, wrapped, optimizer, tokenizer, examples,
                step: int) -> dict:
     """One step. This process's prompts are sampled, scored and credited `generation_batch` prompts
     at a time (each piece's [N, T, T] attention is freed once it is credited), then one update on
     the kept rows of all processes."""
-    policy: Policy = accelerator.unwrap_model(model)
-    eos = rollout.eos_ids(policy.lm, tokenizer)
-    timer, pieces, sums = Timer(), [], Counter()
-    chosen = examples_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
+    lm = accelerator.unwrap_model(wrapped).lm
+    eos = rollout.eos_ids(lm, tokenizer)
+    timer, pieces, sums = harness.Timer(), [], Counter()
+    chosen = harness.examples_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
     with accelerator.split_between_processes(chosen) as mine, accelerator.autocast(), \
-            distributed.full_parameters(accelerator, model):
+            distributed.full_parameters(accelerator, wrapped):
         size = cfg.generation_batch or len(mine)
         for start in range(0, len(mine), size):
             part = mine[start : start + size]
             with timer("generate"), torch.no_grad():
-                r = sample(cfg, policy, tokenizer, part)
-            timer.add("capture", r.capture_seconds)  # the capture's share of time_generate
+                ro = sample(cfg, lm, tokenizer, part)
+            timer.add("capture", ro.capture_seconds)  # the capture's share of time_generate
             with timer("reward"):
-                advantages, keep, piece_sums = score_and_filter(cfg, r, part, eos)
+                advantages, keep, piece_sums = score_and_filter(cfg, ro, part, eos)
             with timer("credit"):
-                pieces.append(credit_batch(cfg, r, keep, advantages, policy, step,
+                pieces.append(credit_batch(cfg, ro, keep, advantages, lm, step,
                                            accelerator.process_index, tokenizer))
             sums.update(piece_sums)
-            del r  # its [N, T, T] attention: not kept through the next piece or the update
+            del ro  # its [N, T, T] attention: not kept through the next piece or the update
     batch = Batch.cat(pieces, tokenizer.pad_token_id)
     with timer("update"):
-        stats = update(cfg, accelerator, model, optimizer, batch)
+        stats = update(cfg, accelerator, wrapped, optimizer, batch)
     totals = distributed.sum_over_processes(accelerator, sums)
     n = totals.pop("n")
     means = {k: v / n for k, v in totals.items()}
     return {"step": step + 1, "samples": int(n), **means, **stats, **timer.seconds}
-
-
-class Timer:
-    """Wall-clock seconds per named phase: `with timer("generate"): ...` adds to time_generate."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        yield
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.add(name, time.perf_counter() - start)
-
-    def add(self, name: str, seconds: float) -> None:
-        """Add seconds measured elsewhere to time_{name}."""
-        self.seconds[f"time_{name}"] = self.seconds.get(f"time_{name}", 0.0) + seconds
-
-
-def held_out_accuracy(cfg: Config, accelerator: Accelerator, model, tokenizer, examples) -> float:
-    """Greedy accuracy on the held-out set, split over the processes."""
-    policy: Policy = accelerator.unwrap_model(model)
-    policy.lm.eval()
-    with accelerator.split_between_processes(examples) as mine, torch.no_grad(), \
-            accelerator.autocast(), distributed.full_parameters(accelerator, model):
-        scores = []
-        if mine:
-            result = evaluate(policy.lm, tokenizer, mine, n=1, temperature=0.0,
-                              max_new_tokens=cfg.max_new_tokens, template=cfg.template,
-                              batch_size=cfg.micro_batch * 4, progress=False,
-                              workers=cfg.reward_workers)
-            scores = result["rewards"]
-    policy.lm.train()
-    every = [x for row in gather_object(scores) for x in row]  # [n_examples] over all processes
-    return sum(every) / len(every)
-
-
-def set_optimizer_flags(cfg: Config, optimizer, scheduler) -> None:
-    """--lr and --weight-decay over a loaded optimizer state, which holds the values it was saved
-    with: the next step's learning rate is again lr times the warm-up factor of the schedule."""
-    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
-    factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-    for group in optimizer.param_groups:
-        group.update(initial_lr=cfg.lr, lr=cfg.lr * factor, weight_decay=cfg.weight_decay)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,8 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
     validate(cfg)  # every flag, before anything heavy
     if cfg.plan:  # the memory plan alone: the model's config.json, no GPU, no weights
         raise SystemExit(memory.plan_command(cfg))
-    cli.check_gpu(cfg.preset, cfg.model, PRESETS)
-    cli.check_model(cfg.model)
+    guards.check_gpu(cfg.preset, cfg.model, PRESETS)
+    guards.check_model(cfg.model)
     plan = memory.check_run(cfg)  # a run predicted not to fit stops here, naming the fixes
     accelerator = distributed.make_accelerator(cfg.bf16, plan.sharding)
     accelerator.print(memory.report(cfg, plan))
@@ -362,17 +266,17 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(cfg.seed, device_specific=True)
 
     # data first: a broken file fails in a second, before the model loads or the folder appears
-    eval_examples = held_out_examples(cfg)
-    train_examples = data.without_overlap(training_examples(cfg), eval_examples)
+    eval_examples = harness.held_out_examples(cfg)
+    train_examples = data.without_overlap(harness.training_examples(cfg), eval_examples)
     kinds = {e.kind for e in train_examples}
     if len(kinds) != 1:
         raise SystemExit(f"{cfg.data}: training examples mix reward kinds {sorted(kinds)}")
     # FSDP moves each process's shards to its device itself: the whole model never lands there
-    lm, tokenizer = load_for_training(cfg, torch.device("cpu") if accelerator.is_fsdp2
-                                      else accelerator.device)
+    lm, tokenizer = harness.load_for_training(cfg, torch.device("cpu") if accelerator.is_fsdp2
+                                              else accelerator.device)
     if accelerator.is_main_process:
-        cli.warn_unencodable("train.py", tokenizer,
-                             {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
+        guards.warn_unencodable("train.py", tokenizer,
+                                {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
     # the run folder appears once the run can start: the lock, stale temporaries, the verified
     # checkpoint to resume, config.json
     run = runs.open_run(accelerator, out, cfg)
@@ -384,39 +288,42 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    model, optimizer = distributed.prepare(accelerator, policy, optimizer)
+    wrapped, optimizer = distributed.prepare(accelerator, policy, optimizer)
     # not prepared: accelerate would step it once per process
     accelerator.register_for_checkpointing(scheduler)
 
     if run.checkpoint is not None:
         runs.load_checkpoint(accelerator, run)
-        set_optimizer_flags(cfg, optimizer, scheduler)  # a --lr accepted on --resume applies
-    log = runs.MetricsLog(out, run.metrics, accelerator.is_main_process)
+        # a --lr accepted on --resume applies
+        harness.set_optimizer_flags(cfg, optimizer, scheduler)
+    log = metrics.MetricsLog(out, run.metrics, accelerator.is_main_process)
     if run.before is None:  # a new run: the held-out accuracy before RL, kept with the run
-        run.measured(0, held_out_accuracy(cfg, accelerator, model, tokenizer, eval_examples))
+        run.measured(0, harness.held_out_accuracy(cfg, accelerator, wrapped, tokenizer,
+                                                  eval_examples))
         log.write({"step": 0, "eval_accuracy": run.before})
     bar = tqdm(range(run.start, cfg.steps), desc="train", disable=not accelerator.is_main_process,
                dynamic_ncols=True, initial=run.start, total=cfg.steps)  # a resumed run counts on
     for step in bar:
-        record = train_step(cfg, accelerator, model, optimizer, tokenizer, train_examples, step)
+        record = train_step(cfg, accelerator, wrapped, optimizer, tokenizer, train_examples, step)
         record["lr"] = optimizer.param_groups[0]["lr"]  # the step's learning rate
         scheduler.step()
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            accuracy = held_out_accuracy(cfg, accelerator, model, tokenizer, eval_examples)
+            accuracy = harness.held_out_accuracy(cfg, accelerator, wrapped, tokenizer,
+                                                 eval_examples)
             record["eval_accuracy"] = run.measured(done, accuracy)
         log.write(record)
         bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{run.accuracy:.3f}")
         if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
-            runs.save_checkpoint(accelerator, model, tokenizer, run, log.records, done,
+            runs.save_checkpoint(accelerator, wrapped, tokenizer, run, log.records, done,
                                  cfg.keep_checkpoints)
     if accelerator.is_main_process:
-        runs.plot(log.records, out / "curves.png", cfg.plot_ema)
+        metrics.plot(log.records, out / "curves.png", cfg.plot_ema)
     result = runs.finish(accelerator, run)  # run.json: finished; the closing lines; the lock goes
-    del model, optimizer, policy
+    del wrapped, optimizer, policy
     distributed.shut_down(accelerator)
     return result
 
 
 if __name__ == "__main__":
-    cli.run("train.py", main, sys.argv[1:])
+    guards.run("train.py", main, sys.argv[1:])

@@ -11,10 +11,12 @@ import torch
 from torch import Tensor
 
 import data
-from data import MATH_INSTRUCTION, Example, read_jsonl
+from data import read_jsonl
+from dataspec import MATH_INSTRUCTION, Example
 from flow import FlowField, influence_graph, trace
 from rewards import answer_span, boxed_span
-from rollout import GREEDY, Rollout, capture_attention
+from capture import capture_attention
+from rollout import GREEDY, Rollout
 from tasks import ArithmeticTask
 
 
@@ -27,7 +29,7 @@ def read_prompts(prompt: str | None, prompts: str | None, problems: int, seed: i
     SOURCE is read as train.py reads --data (data.load_source, under the same --data-dir,
     --data-format and --data-fields flags): a benchmark name of data.BENCHMARKS (read from
     data_dir/<its file>, e.g. `--prompts gsm8k --data-dir data`, else from its source), a JSONL
-    (data.FORMATS: `data_format`, else guessed from the file name or its first row; your own field
+    (dataspec.FORMATS: `data_format`, else guessed from the file name or its first row; your own field
     names through `data_fields`), or here also a JSONL with a "prompt" and an optional "gold".
     From a source, a random sample of `problems` examples drawn with `seed` (App. E.1: "we
     randomly sampled 500 instances"), in the source's order; all of them when it holds fewer.
@@ -137,7 +139,7 @@ def boxed_rows(ro: Rollout) -> Tensor:
 def teacher_forced(model, tokenizer, prompts: list[str], responses: list[str],
                    layers=None, setup: str = "user", answer_fallback: str | None = None) -> Rollout:
     """A Rollout for given (prompt, response) pairs: chat-templated prompt (chat_text) + response +
-    EOS, right-padded, with the attention of one forward pass (rollout.capture_attention). The
+    EOS, right-padded, with the attention of one forward pass (capture.capture_attention). The
     answer mask comes from the tokenizer's character offsets of
     rewards.answer_span(response, answer_fallback)."""
     if len(prompts) != len(responses) or not prompts:

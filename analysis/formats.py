@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from analysis.common import (flow_of, generation_prompts, read_prompts, require_math, sampling,
                              split_instruction, teacher_forced)
-from data import MATH_INSTRUCTION, Example
+from dataspec import MATH_INSTRUCTION, Example
 from flow import top_k_mask
 from rewards import boxed_span, choice_reward, math_reward, normalise_answer
 from rollout import generate
@@ -44,7 +44,7 @@ class AnswerForm:
 
 
 def _asking(what: str, example: str) -> str:
-    """The paper's instruction (data.MATH_INSTRUCTION) asking for `what` inside the box."""
+    """The paper's instruction (dataspec.MATH_INSTRUCTION) asking for `what` inside the box."""
     return (MATH_INSTRUCTION.replace("your final answer", what).rstrip(".")
             + f", e.g. \\boxed{{{example}}}.")
 

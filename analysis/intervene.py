@@ -25,7 +25,7 @@ from torch import Tensor
 
 from analysis.common import (boxed_rows, flow_of, generation_prompts, read_prompts,
                              require_math, sampling)
-from data import Example
+from dataspec import Example
 from flow import top_k_mask
 from rewards import boxed_span, math_reward
 from rollout import generate

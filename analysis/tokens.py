@@ -1,5 +1,5 @@
 """tokens: Fig. 3 (the most frequent high- and low-flow tokens) and the structural/content split of
-Table 11b (credit.token_class: the classes the flow-structural / flow-content strategies use)."""
+Table 11b (baselines.token_class: the classes the flow-structural / flow-content strategies use)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 
 from analysis.common import (boxed_rows, flow_of, generation_prompts, pyplot, read_prompts,
                              sampling, token_texts)
-from credit import token_class  # shared with the Table 11b credit strategies
-from data import Example
+from baselines import token_class  # shared with the Table 11b credit strategies
+from dataspec import Example
 from flow import top_k_mask
 from rollout import generate
 

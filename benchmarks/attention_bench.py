@@ -3,7 +3,7 @@
 Rows per sequence length T (batch N, second sequence left-padded by T/8):
   eager   : eager forward with output_attentions=True (every layer's [N, H, T, T]), then the
             middle-layer mean
-  capture : rollout.capture_attention (one float32 [N, T, T] buffer; it stops after the last
+  capture : capture.capture_attention (one float32 [N, T, T] buffer; it stops after the last
             selected layer)
   forward : plain SDPA forward of the whole model (use_cache=False, last position's logits only)
   gen     : rollout.generate, prompt T/2 tokens + T/2 new tokens, capture=False
@@ -82,7 +82,8 @@ def peak_bytes(device: str) -> int:
 def worker(op: str, model_name: str, t: int, n: int, dtype: torch.dtype, device: str,
            repeats: int) -> dict:
     """Run one op in this (fresh) process; return its time and extra peak memory."""
-    from rollout import capture_attention, default_layers, generate
+    from capture import capture_attention, default_layers
+    from rollout import generate
 
     model = build(model_name, dtype, device, t)
     layers = default_layers(model.config.num_hidden_layers)

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from credit_seeds import run, summarise
 
+import config
 import credit
-import flow
 import grpo
 import rollout
 import tasks
@@ -49,7 +49,7 @@ MODEL = ROOT / "tiny" / "qwen3-chain"
 RANDOM_DRAWS = 10  # the look inside averages the random set's shares over this many draws
 CREDITS = ["uniform", "flow", "flow-bottom", "random", "entropy"]
 # The budget of one run: lr as the embedded default, steps by the time 25 runs take on the shared
-# CPU (no result chose them); --ratio and --gamma (the paper's flow.RATIO 0.4 and flow.GAMMA 1.5)
+# CPU (no result chose them); --ratio and --gamma (the paper's config.RATIO 0.4 and config.GAMMA 1.5)
 # are this script's flags.
 TESTBED = ["--data", "chain", "--eval-data", "chain", "--model", str(MODEL),
            "--max-new-tokens", "256", "--prompts-per-step", "8", "--group-size", "8",
@@ -177,10 +177,11 @@ def look_inside(model_path: Path, prompts: int, samples: int, seed: int, ratio: 
     examples = tasks.chain_heldout()[:prompts]
     with torch.no_grad():
         r = rollout.generate(model, tokenizer, [e.prompt for e in examples], n=samples,
-                             temperature=0.99, top_k=100, max_new_tokens=max_new_tokens,
+                             temperature=config.TEMPERATURE, top_k=config.TOP_K,
+                             max_new_tokens=max_new_tokens,
                              capture=True)
-        _, entropy = grpo.token_logprobs(model, r.input_ids, r.attention_mask, 0.99,
-                                         return_entropy=True)
+        _, entropy = grpo.token_logprobs(model, r.input_ids, r.attention_mask,
+                                         config.TEMPERATURE, return_entropy=True)
     rows = r.answer_mask.any(-1)  # [B] responses with a flow target
     decide = deciding_tokens(r, tokenizer) & rows[:, None]  # [B, T]
     response = r.response_mask & rows[:, None]  # [B, T]
@@ -267,8 +268,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep finished runs found in --out")
     ap.add_argument("--look-inside", type=int, default=64, metavar="PROMPTS", help="0: skip")
     ap.add_argument("--samples", type=int, default=4, help="responses per look-inside prompt")
-    ap.add_argument("--ratio", type=float, default=flow.RATIO, help="train.py --ratio, look inside")
-    ap.add_argument("--gamma", type=float, default=flow.GAMMA, help="train.py --gamma, look inside")
+    ap.add_argument("--ratio", type=float, default=config.RATIO, help="train.py --ratio, look inside")
+    ap.add_argument("--gamma", type=float, default=config.GAMMA, help="train.py --gamma, look inside")
     ap.add_argument("--plot", type=Path, help="write the curves with +-1 sd bands here (PNG)")
     ap.add_argument("--json", type=Path, help="write every run and the statistics here")
     ap.add_argument("--table", type=Path, help="write the printed tables here (text)")

@@ -7,7 +7,7 @@ No download: the models are built from configs/models/*.json with random weights
 Sections, each a table:
   1. generate      rollout.generate with and without the attention capture (same seed, forced
                    length), time ratio and peak memory, 4B and 8B;
-  2. capture       rollout.capture_attention against eager attention with output_attentions=True
+  2. capture       capture.capture_attention against eager attention with output_attentions=True
                    (every layer's [N, H, T, T], then the middle-layer mean) at T = 1K, 4K, 8K: time
                    and peak memory; "OOM" is a result;
   3. flow          flow.throughput + the eq. (6) top-k on a micro-batch of T = 1K, 4K, 8K;
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import capture  # noqa: E402
 import config as config_module  # noqa: E402
 import flow  # noqa: E402
 import memory  # noqa: E402
@@ -143,11 +144,11 @@ def check_generate(model, tokenizer, name: str, sizes: Sizes, device: str) -> No
 
 
 def check_capture(model, name: str, sizes: Sizes, device: str) -> None:
-    layers = rollout.default_layers(model.config.num_hidden_layers)
+    layers = capture.default_layers(model.config.num_hidden_layers)
     for t in sizes.lengths:
         ids = torch.randint(2, model.config.vocab_size, (1, t), device=device)
         mask = torch.ones_like(ids)
-        cap = timed(lambda: rollout.capture_attention(model, ids, mask), device)
+        cap = timed(lambda: capture.capture_attention(model, ids, mask), device)
 
         def eager():
             model.set_attn_implementation("eager")
@@ -174,7 +175,7 @@ def random_attention(rows: int, t: int, device: str) -> torch.Tensor:
 
 
 def flow_credit(attn: torch.Tensor, prompt: int, answer: int) -> torch.Tensor:
-    """eqs. (1)-(6) as credit.py's `flow` strategy runs them: throughput, then the top 40%."""
+    """eqs. (1)-(6) as flow.flow_credit runs them: throughput, then the top 40%."""
     rows, t, _ = attn.shape
     positions = torch.arange(t, device=attn.device).expand(rows, t)
     prompt_mask, answer_mask = positions < prompt, positions >= t - answer

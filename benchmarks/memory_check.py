@@ -11,7 +11,7 @@ FSDP rows) with a randomly initialised Qwen3 of the given shape and prompts of e
   credit    train.credit_batch (the flow solve), still inside the gathered block
   update    train.update: forward + backward of every micro-batch and the AdamW step (the plan's
             max of update and step)
-  evaluate  greedy rollout.generate of micro_batch x 4 prompts, as train.held_out_accuracy
+  evaluate  greedy rollout.generate of micro_batch x 4 prompts, as harness.held_out_accuracy
 after one warm-up update, so that AdamW's moments exist as they do from step 2 on; and
   gathered  the memory that entering distributed.full_parameters adds (FSDP's gathered copy).
 Measured: the

@@ -12,7 +12,7 @@ sys.path, every module of the same name already imported (the reference `flow`, 
 for the duration and put back afterwards, and a student module that was not loaded from the handout
 fails every test instead of being graded. A check is a function of a checks file decorated with
 @check(points, visibility=...); its parameters name what it needs: a student module (`flow`,
-`grpo`, `rollout`) or `handout` (the folder, a Path). Needs only the standard library; the checks
+`grpo`, `capture`) or `handout` (the folder, a Path). Needs only the standard library; the checks
 bring their own imports (torch, transformers).
 """
 

@@ -89,7 +89,7 @@ ASSIGNMENTS: tuple[Assignment, ...] = (
     Assignment(
         name="a3_capture",
         title="Attention capture through transformers' AttentionInterface",
-        modules=(Module("rollout", ("add_head_mean",), keep=ALL),),
+        modules=(Module("capture", ("add_head_mean",), keep=ALL), Module("rollout", (), keep=ALL)),
         data=("tiny/qwen3-arith",),
         submit=("answers.md",),
     ),

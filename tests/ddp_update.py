@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import distributed  # noqa: E402
 import rollout  # noqa: E402
 import tasks  # noqa: E402
+import harness  # noqa: E402
 import train  # noqa: E402
 
 
@@ -28,7 +29,7 @@ def main(out: str, aggregation: str, sharding: str) -> None:
     torch.set_num_threads(1)
     accelerator = distributed.make_accelerator(bf16=False, sharding=sharding)
     cfg = train.Config(micro_batch=3, aggregation=aggregation, max_grad_norm=1e9)
-    lm, tokenizer = train.load_for_training(cfg, accelerator.device)
+    lm, tokenizer = harness.load_for_training(cfg, accelerator.device)
     torch.manual_seed(0)
     prompts = [e.prompt for e in tasks.ArithmeticTask().examples(4, seed=3)]
     r = rollout.generate(lm, tokenizer, prompts, n=4, max_new_tokens=40, capture=False)  # [16, T]

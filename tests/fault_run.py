@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import runs
+import metrics
 import train
 
 
@@ -94,7 +94,7 @@ def install(kill: dict) -> None:
 
         shutil.rmtree = rmtree
     elif kill["at"] == "metrics":
-        real_write = runs.MetricsLog.write
+        real_write = metrics.MetricsLog.write
 
         def write(self, record):
             if record["step"] == kill["step"]:
@@ -104,7 +104,7 @@ def install(kill: dict) -> None:
                 _die()
             return real_write(self, record)
 
-        runs.MetricsLog.write = write
+        metrics.MetricsLog.write = write
     else:
         raise ValueError(f"unknown kill point {kill}")
 

@@ -11,7 +11,7 @@ import torch
 
 from analysis.common import (boxed_rows, chat_text, generation_prompts, read_prompts,
                              require_math, split_instruction, teacher_forced)
-from data import MATH_INSTRUCTION, Example
+from dataspec import MATH_INSTRUCTION, Example
 from eval import load_model
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import torch
 
 from analysis.formats import (FORMS, AnswerForm, choice_options, form_accuracy, form_answer,
                               form_prompt, format_overlap, formats_table, graded, with_format)
-from data import MATH_INSTRUCTION, Example
+from dataspec import MATH_INSTRUCTION, Example
 from eval import load_model
 from tasks import ArithmeticTask
 

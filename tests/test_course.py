@@ -119,13 +119,13 @@ def test_grading_leaves_the_reference_rollout_working(stubs):
     AttentionInterface: the reference capture must still use its own function afterwards."""
     from transformers import AutoModelForCausalLM
 
-    import rollout
+    import capture
 
     grade.grade(stubs / "a3_capture")
     model = AutoModelForCausalLM.from_pretrained(ROOT / "tiny" / "qwen3-arith",
                                                  attn_implementation="sdpa").eval()
     ids = torch.tensor([[5, 9, 12, 7, 30]])
-    attn = rollout.capture_attention(model, ids, torch.ones_like(ids))
+    attn = capture.capture_attention(model, ids, torch.ones_like(ids))
     assert torch.allclose(attn.sum(-1), torch.ones(1, 5))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import baselines
 import credit
 import flow
 
@@ -153,8 +154,8 @@ def test_attention_received_against_slow_loop_and_selection():
             if readers:
                 slow_mean[b, k] = sum(r.attn[b, q, k] for q in readers) / len(readers)
                 slow_max[b, k] = max(r.attn[b, q, k] for q in readers)
-    torch.testing.assert_close(credit.attention_received(r.attn, r.response_mask), slow_mean)
-    torch.testing.assert_close(credit.attention_received(r.attn, r.response_mask, "max"), slow_max)
+    torch.testing.assert_close(baselines.attention_received(r.attn, r.response_mask), slow_mean)
+    torch.testing.assert_close(baselines.attention_received(r.attn, r.response_mask, "max"), slow_max)
     # a token that every later response token attends to strongly is selected by both
     attn = r.attn.clone()
     attn[0, P + 4:, P + 2] += 5.0
@@ -165,7 +166,7 @@ def test_attention_received_against_slow_loop_and_selection():
     _assert_top_k(credit.credit_gamma("attention", r), slow_max, r.response_mask)
     _assert_top_k(credit.credit_gamma("attention-mean", r), slow_mean, r.response_mask)
     with pytest.raises(ValueError, match="reduce"):
-        credit.attention_received(r.attn, r.response_mask, "sum")
+        baselines.attention_received(r.attn, r.response_mask, "sum")
 
 
 def test_attention_max_and_mean_hand_computed():
@@ -179,9 +180,9 @@ def test_attention_max_and_mean_hand_computed():
     resp = torch.tensor([[False, True, True, True, True]])
     # token 1 is read by 2, 3, 4 (0.6, 0.1, 0.05); token 2 by 3, 4 (0.7, 0.1); token 3 by 4 (0.3);
     # token 4 by nobody
-    torch.testing.assert_close(credit.attention_received(attn, resp, "max")[0, 1:],
+    torch.testing.assert_close(baselines.attention_received(attn, resp, "max")[0, 1:],
                                torch.tensor([0.6, 0.7, 0.3, 0.0]))
-    torch.testing.assert_close(credit.attention_received(attn, resp, "mean")[0, 1:],
+    torch.testing.assert_close(baselines.attention_received(attn, resp, "mean")[0, 1:],
                                torch.tensor([0.25, 0.4, 0.3, 0.0]))
     r = types.SimpleNamespace(response_mask=resp, attn=attn)
     # top half of the 4 response tokens: max -> tokens 1 and 2, mean -> tokens 2 and 3
@@ -192,7 +193,7 @@ def test_attention_max_and_mean_hand_computed():
 def test_gradient_saliency_against_inputs_embeds_and_selection(tiny_qwen):
     """Gradient (Green et al., 2025): tokens by first-order gradient magnitude."""
     r = _fake_rollout()
-    got = credit.gradient_saliency(tiny_qwen, r.input_ids, r.attention_mask, r.response_mask)
+    got = baselines.gradient_saliency(tiny_qwen, r.input_ids, r.attention_mask, r.response_mask)
     assert all(p.grad is None for p in tiny_qwen.parameters())             # parameters untouched
     # slow reference: differentiate through inputs_embeds with the naive full log_softmax
     emb = tiny_qwen.get_input_embeddings()(r.input_ids).detach().requires_grad_()
@@ -232,7 +233,7 @@ def test_correlation_hand_computed():
     resp = torch.tensor([[False, True, True, True, True]])
     # e = mean of the response's states = ([1,1] + [1,0] + [1,0] + [0,1]) / 4 = [0.75, 0.5]
     # (the prompt is left out); scores: token 2 -> 1.25, token 0 -> 0.75, token 1 -> 0.5
-    got = credit.text_token_alignment(lm, ids, torch.ones_like(ids), resp)
+    got = baselines.text_token_alignment(lm, ids, torch.ones_like(ids), resp)
     torch.testing.assert_close(got[0, 1:], torch.tensor([1.25, 0.75, 0.75, 0.5]))
     r = types.SimpleNamespace(input_ids=ids, attention_mask=torch.ones_like(ids),
                               response_mask=resp)
@@ -246,7 +247,7 @@ def test_correlation_hand_computed():
 def test_correlation_against_hidden_states(tiny_qwen):
     """Correlation on a real model: the logit of each token decoded from the mean final state."""
     r = _fake_rollout()
-    got = credit.text_token_alignment(tiny_qwen, r.input_ids, r.attention_mask, r.response_mask)
+    got = baselines.text_token_alignment(tiny_qwen, r.input_ids, r.attention_mask, r.response_mask)
     pos = (r.attention_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         h = tiny_qwen(r.input_ids, attention_mask=r.attention_mask, position_ids=pos,
@@ -300,12 +301,12 @@ def test_structural_vocab_of_the_tiny_tokenizer():
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(ROOT / "tiny" / "qwen3-arith"))
-    table = credit.structural_vocab(tok)
+    table = baselines.structural_vocab(tok)
     assert table.dtype == torch.bool and table.shape == (len(tok),)
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("=", "+", "7", "<|im_end|>")}
     assert table[ids["="]] and table[ids["+"]] and table[ids["<|im_end|>"]]
     assert not table[ids["7"]]
-    assert credit.structural_vocab(tok) is table                      # computed once
+    assert baselines.structural_vocab(tok) is table                      # computed once
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import data
+import dataspec
 import rewards
 from countdown_solver import solve_countdown
 
@@ -94,7 +95,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 
 def test_cases_cover_every_format():
-    assert set(CASES) == set(data.FORMATS)
+    assert set(CASES) == set(dataspec.FORMATS)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -105,11 +106,11 @@ def test_each_format_reads_its_rows(tmp_path, name):
         examples = data.load_examples(str(path), fmt)
         assert [e.id for e in examples] == [f"{file_name}:1", f"{file_name}:2"]
         e = examples[0]
-        assert (e.prompt, e.gold, e.kind) == (prompt, gold, data.FORMATS[name].kind)
+        assert (e.prompt, e.gold, e.kind) == (prompt, gold, dataspec.FORMATS[name].kind)
         assert rewards.REWARDS[e.kind](response, e.gold) == 1.0
         assert rewards.REWARDS[e.kind]("\\boxed{1000}", e.gold) == 0.0
     own = name in ("countdown", "crossthinkqa")  # the stored prompt carries its own instruction
-    assert data.FORMATS[name].instruction is (None if own else data.MATH_INSTRUCTION)
+    assert dataspec.FORMATS[name].instruction is (None if own else dataspec.MATH_INSTRUCTION)
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "math500", "aime25", "olympiadbench", "minerva",
@@ -225,7 +226,7 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
         data.load_examples(str(path), "gsm8K")
     with pytest.raises(ValueError,
                        match=r"unknown template 'plain'; valid templates: \['chat', 'fewshot'\]"):
-        data.render_prompt("x", "plain")
+        dataspec.render_prompt("x", "plain")
     with pytest.raises(FileNotFoundError, match="no such JSONL file"):
         data.load_examples(str(tmp_path / "missing.jsonl"))
 
@@ -238,7 +239,7 @@ def test_benchmark_by_name_reads_the_local_copy(tmp_path):
     examples = data.load_examples("gsm8k", data_dir=tmp_path, limit=2)
     assert [(e.prompt, e.gold, e.id) for e in examples] == [
         (prompt, gold, "gsm8k_test.jsonl:1"), (prompt, gold, "gsm8k_test.jsonl:2")]
-    assert {b.format for b in data.BENCHMARKS.values()} == set(data.FORMATS)
+    assert {b.format for b in data.BENCHMARKS.values()} == set(dataspec.FORMATS)
     assert all(b.format == k.removesuffix("-train") for k, b in data.BENCHMARKS.items())
 
 
@@ -265,11 +266,11 @@ def test_without_datasets_the_error_says_how_to_get_the_data(monkeypatch, tmp_pa
 
 def test_without_overlap_leaves_out_held_out_prompts(capsys):
     """Same content = same prompt after NFKC, case folding, without whitespace and $."""
-    train = [data.Example(f"Problem {i}: what is ${i}+{i}$?", str(2 * i), id=f"t:{i}")
+    train = [dataspec.Example(f"Problem {i}: what is ${i}+{i}$?", str(2 * i), id=f"t:{i}")
              for i in range(5)]
-    held_out = [data.Example("PROBLEM 3: What is 3 + 3?", "6", id="e:1"),
-                data.Example("Problem ４: what is 4+4?", "8", id="e:2"),  # fullwidth 4
-                data.Example("Problem 9: what is 9+9?", "18", id="e:3")]
+    held_out = [dataspec.Example("PROBLEM 3: What is 3 + 3?", "6", id="e:1"),
+                dataspec.Example("Problem ４: what is 4+4?", "8", id="e:2"),  # fullwidth 4
+                dataspec.Example("Problem 9: what is 9+9?", "18", id="e:3")]
     kept = data.without_overlap(train, held_out)
     assert [e.id for e in kept] == ["t:0", "t:1", "t:2"]
     err = capsys.readouterr().err
@@ -372,7 +373,7 @@ def test_every_benchmark_file_loads_in_full_with_its_format():
         name = data.guess_format(path, next(data.read_jsonl(path))[1])
         assert len(examples) == rows > 0
         assert all(b.format == name for b in data.BENCHMARKS.values() if b.file == path.name)
-        assert all(e.prompt.strip() and e.kind == data.FORMATS[name].kind for e in examples)
+        assert all(e.prompt.strip() and e.kind == dataspec.FORMATS[name].kind for e in examples)
         for e in examples:
             if e.kind == "math":
                 assert rewards.math_reward(boxed(e.gold), e.gold) == 1.0, e.id
@@ -391,11 +392,11 @@ def test_every_benchmark_file_loads_in_full_with_its_format():
 # ---- prompt templates and the tiny task's held-out set
 
 def test_chat_template_leaves_the_prompt_to_the_tokenizer():
-    assert data.render_prompt("Compute 3+4.", "chat") == ("Compute 3+4.", True)
+    assert dataspec.render_prompt("Compute 3+4.", "chat") == ("Compute 3+4.", True)
 
 
 def test_fewshot_prompt_holds_the_papers_two_examples_then_the_question():
-    text, chat = data.render_prompt("Compute 3+4." + INSTR, "fewshot")
+    text, chat = dataspec.render_prompt("Compute 3+4." + INSTR, "fewshot")
     assert not chat
     assert text.startswith("User: Calculate $12 + 8 * 2$. Please reason step by step")
     assert text.endswith("\n\nUser: Compute 3+4." + INSTR + "\n\nAssistant:")

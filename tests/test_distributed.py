@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import runs
+import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 UPDATE = str(ROOT / "tests" / "ddp_update.py")
@@ -230,7 +230,7 @@ def test_kill_9_then_resume_under_two_processes(sharding, uninterrupted, tmp_pat
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
         kill_9_with_workers(proc)
-    assert [p.name for p in runs.checkpoint_dirs(out)] == ["step-000002"]
+    assert [p.name for p in checkpoints.checkpoint_dirs(out)] == ["step-000002"]
 
     done = run(_train(sharding, out) + ["--resume"])
     assert "resumed from" in done.stdout and "held-out accuracy:" in done.stdout

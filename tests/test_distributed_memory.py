@@ -10,6 +10,7 @@ import pytest
 
 import config
 import memory
+import harness
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +23,8 @@ def refuse_to_load(*args, **kwargs):
 
 @pytest.fixture
 def no_loading(monkeypatch):
-    monkeypatch.setattr(train.AutoModelForCausalLM, "from_pretrained", refuse_to_load)
-    monkeypatch.setattr(train.AutoTokenizer, "from_pretrained", refuse_to_load)
+    monkeypatch.setattr(harness.AutoModelForCausalLM, "from_pretrained", refuse_to_load)
+    monkeypatch.setattr(harness.AutoTokenizer, "from_pretrained", refuse_to_load)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import data
+import dataspec
 import tasks
 import eval as ev
 import rewards
@@ -47,10 +47,10 @@ def test_pass_at_k_hand_cases_and_brute_force():
 
 def test_aggregation_over_mixed_kinds_and_the_fewshot_wiring(monkeypatch, tiny):
     model, tokenizer = tiny
-    examples = [data.Example("Compute 1+1.", "2", "math", "m"),
-                data.Example("Reach 10 with [2, 5].", {"numbers": [2, 5], "target": 10},
+    examples = [dataspec.Example("Compute 1+1.", "2", "math", "m"),
+                dataspec.Example("Reach 10 with [2, 5].", {"numbers": [2, 5], "target": 10},
                              "countdown", "c"),
-                data.Example("Pick: A: 1 B: 2", "B: 2", "choice", "q")]
+                dataspec.Example("Pick: A: 1 B: 2", "B: 2", "choice", "q")]
     # n = 2 samples each; right answers: math both, countdown the first, choice none.
     texts = {"Compute 1+1.": ["\\boxed{2}", "so \\boxed{2.0}"],
              "Reach 10 with [2, 5].": ["<answer>2*5</answer>", "<answer>2+5</answer>"],
@@ -69,7 +69,7 @@ def test_aggregation_over_mixed_kinds_and_the_fewshot_wiring(monkeypatch, tiny):
     result = ev.evaluate(model, tokenizer, examples, n=2, temperature=0.6, top_p=0.95,
                          max_new_tokens=5, template="fewshot", batch_size=2)
     # batches of 2 and 1 prompts
-    assert [c[0][0].startswith(data.FEWSHOT) for c in calls] == [True, True]
+    assert [c[0][0].startswith(dataspec.FEWSHOT) for c in calls] == [True, True]
     assert [(len(c[0]), c[1], c[2], c[3]) for c in calls] == [(2, 2, False, False),
                                                               (1, 2, False, False)]
     assert calls[0][4] == dict(temperature=0.6, top_p=0.95, top_k=0)

@@ -25,6 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoints
 import config
 import data
 import distributed
@@ -113,7 +114,7 @@ def result_line(output: str) -> str:
 
 
 def names(out: Path) -> list[str]:
-    return [p.name for p in runs.checkpoint_dirs(out)]
+    return [p.name for p in checkpoints.checkpoint_dirs(out)]
 
 
 def files_of(out: Path, *names_: str) -> dict[str, bytes | None]:
@@ -177,8 +178,8 @@ def resume(runner, out: Path, *args: str, **kw) -> Done:
 def test_reference_run_keeps_the_newest_checkpoints_and_its_record(reference):
     out = reference.out
     assert names(out) == ["step-000002", "step-000003"]  # --keep-checkpoints 2 (the default)
-    for ckpt in runs.checkpoint_dirs(out):
-        assert runs.verify(ckpt)["step"] == int(ckpt.name.split("-")[1])
+    for ckpt in checkpoints.checkpoint_dirs(out):
+        assert checkpoints.verify(ckpt)["step"] == int(ckpt.name.split("-")[1])
     evals = {r["step"]: r["eval_accuracy"] for r in reference.records if "eval_accuracy" in r}
     # the tests below can tell a wrong "before" from the right one
     assert evals[0] != evals[2] and evals[0] != evals[3], evals
@@ -236,8 +237,8 @@ def test_kill_while_an_old_checkpoint_is_deleted(runner, partial, reference):
     done = resume(runner, partial, kill={"at": "rmtree", "name": "step-000001"})
     assert done.rc == -signal.SIGKILL
     assert names(partial) == ["step-000002", "step-000003"]  # no half-deleted checkpoint is listed
-    for ckpt in runs.checkpoint_dirs(partial):
-        runs.verify(ckpt)
+    for ckpt in checkpoints.checkpoint_dirs(partial):
+        checkpoints.verify(ckpt)
     done = resume(runner, partial)
     assert done.rc == 0 and "nothing to do" in done.output
     assert result_line(done.output) == result_line(reference.output)
@@ -438,7 +439,7 @@ def test_a_bad_flag_stops_before_any_heavy_work(argv, flag, tmp_path, monkeypatc
         raise AssertionError("the flags were checked after the accelerator was made")
 
     monkeypatch.setattr(distributed, "make_accelerator", too_late)
-    with pytest.raises(ValueError) as e:  # cli.run prints it as one line
+    with pytest.raises(ValueError) as e:  # guards.run prints it as one line
         train.main(argv + ["--out", str(tmp_path / "run")])
     assert str(e.value).count(flag + " ") == 1, e.value
 

@@ -16,10 +16,12 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import analyze
-import cli
+import guards
 import config
 import data
+import dataspec
 import eval as ev
+import harness
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,14 +34,14 @@ CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/
 # A small run: 8 prompts x 4 samples, every group kept, 8 held-out problems.
 SMALL = ["--prompts-per-step", "8", "--group-size", "4", "--max-new-tokens", "40",
          "--eval-limit", "8", "--min-difficulty", "0", "--max-difficulty", "1"]
-FORMATS = ", ".join(data.FORMATS)
+FORMATS = ", ".join(dataspec.FORMATS)
 
 
 def error_line(prog: str, main, argv: list[str], capsys) -> str:
-    """What the user sees of a known error: cli.run's one line on stderr (exit status 1)."""
+    """What the user sees of a known error: guards.run's one line on stderr (exit status 1)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
-        cli.run(prog, main, argv)
+        guards.run(prog, main, argv)
     assert exit_.value.code == 1
     # besides transformers' progress bar of a model load, the message is all there is
     err = [line for line in capsys.readouterr().err.splitlines()
@@ -199,8 +201,8 @@ def test_a_file_of_unknown_shape_names_the_flags_that_read_it(tmp_path, capsys):
     cfg = train.parse_args(["--data", str(tmp_path / "my.jsonl"), "--eval-data",
                             str(tmp_path / "my_test.jsonl"), "--data-fields",
                             "prompt=question,gold=final"])
-    assert [e.gold for e in train.held_out_examples(cfg)][:2] == ["13", "15"]
-    assert [e.id for e in train.training_examples(cfg)] == [f"my.jsonl:{i}" for i in range(1, 5)]
+    assert [e.gold for e in harness.held_out_examples(cfg)][:2] == ["13", "15"]
+    assert [e.id for e in harness.training_examples(cfg)] == [f"my.jsonl:{i}" for i in range(1, 5)]
 
 
 def test_an_analyze_prompts_file_without_a_prompt_ends_in_one_line(tmp_path, capsys):
@@ -228,11 +230,11 @@ def test_a_mistyped_model_folder_fails_at_once_without_the_hub(tmp_path, capsys,
     assert error_line("eval.py", ev.main, argv, capsys) == f"eval.py: error: {expected}"
     argv = ["view", "--model", "tiny/qwen3-arth"]
     assert error_line("analyze.py", analyze.main, argv, capsys) == f"analyze.py: error: {expected}"
-    assert cli.looks_like_path("./mine") and cli.looks_like_path("/abs/model")
-    assert not cli.looks_like_path("Qwen/Qwen3-4B-Base") and not cli.looks_like_path("gpt2")
+    assert guards.looks_like_path("./mine") and guards.looks_like_path("/abs/model")
+    assert not guards.looks_like_path("Qwen/Qwen3-4B-Base") and not guards.looks_like_path("gpt2")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty: not a model folder \(no config.json"):
-        cli.check_model(str(tmp_path / "empty"))
+        guards.check_model(str(tmp_path / "empty"))
 
 
 def test_a_mistyped_model_is_the_only_line_a_user_sees(tmp_path):
@@ -264,10 +266,10 @@ def test_a_gpu_preset_on_a_cpu_machine_says_what_to_run(tmp_path, capsys, monkey
         "this machine has none; on a CPU run `python train.py` (the tiny model), or keep the "
         "preset and pass --model with a small local model")
     assert not (tmp_path / "run").exists()
-    cli.check_gpu("qwen3-4b-math-1k", TINY, config.PRESETS)  # a small model of one's own: fine
-    cli.check_gpu("tiny", TINY, config.PRESETS)
+    guards.check_gpu("qwen3-4b-math-1k", TINY, config.PRESETS)  # a small model of one's own: fine
+    guards.check_gpu("tiny", TINY, config.PRESETS)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    cli.check_gpu("qwen3-4b-math-1k", "Qwen/Qwen3-4B-Base", config.PRESETS)
+    guards.check_gpu("qwen3-4b-math-1k", "Qwen/Qwen3-4B-Base", config.PRESETS)
 
 
 def test_other_known_errors_end_in_one_line(tmp_path, capsys, monkeypatch):
@@ -294,14 +296,14 @@ def test_other_known_errors_end_in_one_line(tmp_path, capsys, monkeypatch):
         "(offline). Offline? pass --data-dir DIR holding gsm8k_test.jsonl")
     monkeypatch.setenv("FLOWTRACER_TRACEBACK", "1")  # the traceback, for a bug report
     with pytest.raises(OSError, match="Offline"):
-        cli.run("eval.py", ev.main, argv)
+        guards.run("eval.py", ev.main, argv)
 
 
 def test_prompts_the_tokenizer_cannot_spell_get_a_warning(capsys):
     tokenizer = AutoTokenizer.from_pretrained(TINY)
-    examples = [data.Example("Compute 3+4.", "7", id="x:1"), data.Example("What is 3+4?", "7",
+    examples = [dataspec.Example("Compute 3+4.", "7", id="x:1"), dataspec.Example("What is 3+4?", "7",
                                                                            id="x:2")]
-    cli.warn_unencodable("train.py", tokenizer, {"mine": examples, "arith": examples[:1]}, "tiny")
+    guards.warn_unencodable("train.py", tokenizer, {"mine": examples, "arith": examples[:1]}, "tiny")
     assert capsys.readouterr().err == (
         "train.py: warning: 1 of 2 prompts of mine do not survive the tokenizer of tiny (first: "
         "x:2); it cannot spell '?' 'W' 'h'\n")

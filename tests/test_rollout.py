@@ -12,8 +12,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList,
                           PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM)
 
+import capture
 import rollout
-from rollout import _char_span_to_tokens, capture_attention, default_layers, generate
+from capture import capture_attention, default_layers
+from rollout import _char_span_to_tokens, generate
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -295,7 +297,7 @@ def test_sliding_window_layer_is_refused_and_state_restored():
     input_ids, attention_mask = padded_batch(100)
     with pytest.raises(NotImplementedError, match="sliding-window"):
         capture_attention(model, input_ids, attention_mask, layers=[3])
-    assert model.config._attn_implementation == "sdpa" and rollout._ACTIVE is None
+    assert model.config._attn_implementation == "sdpa" and capture._ACTIVE is None
 
 
 def test_layer_bypassing_the_interface_is_detected():

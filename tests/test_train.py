@@ -17,8 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoints
 import credit
-import runs
+import harness
+import metrics
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +103,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_metrics(tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [p.name for p in runs.checkpoint_dirs(b)] == ["step-000002"]
+    assert [p.name for p in checkpoints.checkpoint_dirs(b)] == ["step-000002"]
 
     done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True,
                           text=True, cwd=ROOT, timeout=TIMEOUT)
@@ -157,19 +159,19 @@ def test_unknown_names_list_the_valid_ones(argv, listed, capsys):
 def test_data_order_depends_only_on_seed_and_step():
     examples = list(range(10))
     # 20 draws = 2 epochs
-    steps = [train.examples_for_step(examples, s, 4, seed=7) for s in range(5)]
-    assert steps == [train.examples_for_step(examples, s, 4, seed=7) for s in range(5)]
+    steps = [harness.examples_for_step(examples, s, 4, seed=7) for s in range(5)]
+    assert steps == [harness.examples_for_step(examples, s, 4, seed=7) for s in range(5)]
     flat = [x for s in steps for x in s]
     # each epoch a permutation
     assert sorted(flat[:10]) == examples and sorted(flat[10:]) == examples
     assert flat[:10] != flat[10:]
-    assert train.examples_for_step(examples, 0, 4, seed=8) != steps[0]
+    assert harness.examples_for_step(examples, 0, 4, seed=8) != steps[0]
 
 
 def test_peak_tracking_ema_by_hand():
     # ema_1 = 1; ema_2 = .5 * max(0, 1) + .5 * 1 = 1; ema_3 = .5 * max(2, 1) + .5 * 1 = 1.5;
     # ema_4 = .5 * max(1, 1.5) + .5 * 1.5 = 1.5
-    assert runs.peak_ema([1.0, 0.0, 2.0, 1.0], alpha=0.5) == [1.0, 1.0, 1.5, 1.5]
+    assert metrics.peak_ema([1.0, 0.0, 2.0, 1.0], alpha=0.5) == [1.0, 1.0, 1.5, 1.5]
 
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
@@ -193,7 +195,7 @@ def test_model_without_sdpa_gets_a_clear_message(tmp_path, monkeypatch):
         raise ValueError("XForCausalLM does not support an attention implementation through "
                          "torch.nn.functional.scaled_dot_product_attention yet")
 
-    monkeypatch.setattr(train.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(harness.AutoModelForCausalLM, "from_pretrained", refuse)
     with pytest.raises(SystemExit, match="attn_implementation='sdpa'"):
         train.main(SMALL + ["--out", str(tmp_path)])
 
@@ -230,12 +232,12 @@ def test_train_and_eval_overlap_is_checked_before_the_model_loads(tmp_path, caps
     def load(*args, **kwargs):
         raise Loaded
 
-    monkeypatch.setattr(train, "load_for_training", load)
+    monkeypatch.setattr(harness, "load_for_training", load)
     rows = [{"question": f"What is {i} + {i}?", "answer": f"#### {2 * i}"} for i in range(4)]
     both = tmp_path / "both_gsm8k.jsonl"
     both.write_text("".join(json.dumps(r) + "\n" for r in rows))
     argv = SMALL + ["--data", str(both), "--out", str(tmp_path / "run")]
-    with pytest.raises(ValueError, match="also in the held-out set"):  # one line via cli.run
+    with pytest.raises(ValueError, match="also in the held-out set"):  # one line via guards.run
         train.main(argv + ["--eval-data", str(both)])
     part = tmp_path / "part_gsm8k.jsonl"
     part.write_text(json.dumps(rows[1]) + "\n")

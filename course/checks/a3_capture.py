@@ -1,4 +1,4 @@
-"""Checks of assignment a3_capture: the head-mean attention that rollout.py's AttentionInterface
+"""Checks of assignment a3_capture: the head-mean attention that capture.py's AttentionInterface
 function adds into the capture buffer, graded against eager attention on the shipped tiny model.
 
 The expected maps come from transformers' eager attention (`output_attentions=True`), averaged over
@@ -65,22 +65,22 @@ def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @check(3)
-def test_one_sequence_matches_eager(rollout, handout):
+def test_one_sequence_matches_eager(capture, handout):
     """capture_attention on one prompt equals eager attention (middle layer, mean over heads)"""
     model, tok = tiny(handout)
     ids, mask = encode(tok, PROMPTS[:1])
-    got = rollout.capture_attention(model, ids, mask)
+    got = capture.capture_attention(model, ids, mask)
     expect(got.dtype == torch.float32, f"the captured map is {got.dtype}, expected float32")
-    want = eager(model, ids, mask, rollout.default_layers(model.config.num_hidden_layers))
+    want = eager(model, ids, mask, capture.default_layers(model.config.num_hidden_layers))
     expect_close(got, want, "captured attention vs eager attention [1, T, T]", atol=1e-5, rtol=0)
 
 
 @check(2)
-def test_rows_are_distributions(rollout, handout):
+def test_rows_are_distributions(capture, handout):
     """the captured map is causal and every row sums to 1 (a mean of softmax rows)"""
     model, tok = tiny(handout)
     ids, mask = encode(tok, PROMPTS[:1])
-    got = rollout.capture_attention(model, ids, mask)[0]
+    got = capture.capture_attention(model, ids, mask)[0]
     expect(bool(torch.isfinite(got).all()), "the captured map holds NaN or inf")
     upper = got.triu(1).abs().max()
     expect(float(upper) == 0, f"entry above the diagonal is {fmt(upper)}: a query never attends "
@@ -94,11 +94,11 @@ def test_rows_are_distributions(rollout, handout):
 
 
 @check(2)
-def test_two_layers_average(rollout, handout):
+def test_two_layers_average(capture, handout):
     """layers=[1, 2]: the map is the mean over both layers (each layer adds into the buffer)"""
     model, tok = tiny(handout)
     ids, mask = encode(tok, PROMPTS[:1])
-    got = rollout.capture_attention(model, ids, mask, layers=[1, 2])
+    got = capture.capture_attention(model, ids, mask, layers=[1, 2])
     expect_close(got, eager(model, ids, mask, [1, 2]),
                  "attention averaged over layers 1 and 2 vs eager", atol=1e-5, rtol=0)
 
@@ -109,26 +109,26 @@ def test_two_layers_average(rollout, handout):
 
 
 @check(3, visibility="after_due_date")
-def test_padded_batch_matches_eager(rollout, handout):
+def test_padded_batch_matches_eager(capture, handout):
     """a left- and right-padded batch equals eager attention, padding rows and columns 0"""
     model, _ = tiny(handout)
     ids, mask = padded_batch(model.config.vocab_size)
     for layers in ([0, 3], [2]):
-        got = rollout.capture_attention(model, ids, mask, layers=layers)
+        got = capture.capture_attention(model, ids, mask, layers=layers)
         expect_close(got, eager(model, ids, mask, layers),
                      f"padded batch, layers {layers}, vs eager (the bool mask: True = may attend)",
                      atol=1e-5, rtol=0)
 
 
 @check(1, visibility="after_due_date")
-def test_chunks_are_exact(rollout, handout):
+def test_chunks_are_exact(capture, handout):
     """chunk_bytes=1 (one query row per chunk) gives the same map as one chunk"""
     model, _ = tiny(handout)
     ids, mask = padded_batch(model.config.vocab_size)
-    one_row = rollout.capture_attention(model, ids, mask, layers=[1, 2], chunk_bytes=1)
+    one_row = capture.capture_attention(model, ids, mask, layers=[1, 2], chunk_bytes=1)
     expect_close(one_row, eager(model, ids, mask, [1, 2]), "map computed one query row at a time",
                  atol=1e-5, rtol=0)
-    one_row = rollout.capture_attention(model, ids[1:2], mask[1:2], layers=[1], chunk_bytes=1)
+    one_row = capture.capture_attention(model, ids[1:2], mask[1:2], layers=[1], chunk_bytes=1)
     expect_close(one_row, eager(model, ids[1:2], mask[1:2], [1]),
                  "unpadded sequence (no mask: causal rows rebuilt per chunk), one row per chunk",
                  atol=1e-5, rtol=0)
@@ -179,11 +179,11 @@ def direct_inputs(seed: int, n=2, h=4, hkv=2, q=3, k=5, d=8):
 
 
 @check(2, visibility="after_due_date")
-def test_queries_are_the_last_positions(rollout):
+def test_queries_are_the_last_positions(capture):
     """add_head_mean: q queries of k keys sit at positions k-q..k-1 (causal), rows written there"""
     query, key = direct_inputs(seed=2)
     attn = torch.zeros(2, 7, 7)
-    rollout.add_head_mean(attn, query, key, None, 0.7, 1 << 27)
+    capture.add_head_mean(attn, query, key, None, 0.7, 1 << 27)
     want = torch.zeros(2, 7, 7, dtype=torch.float64)
     want[:, 2:5, :5] = direct_expected(query, key, None, 0.7)
     expect_close(attn, want, "buffer after adding 3 queries at positions 2-4 over 5 keys (mask "
@@ -191,7 +191,7 @@ def test_queries_are_the_last_positions(rollout):
 
 
 @check(1, visibility="after_due_date")
-def test_mask_and_blocked_rows(rollout):
+def test_mask_and_blocked_rows(capture):
     """add_head_mean: a bool mask (True = may attend); a row that may attend nothing adds 0"""
     query, key = direct_inputs(seed=3, q=4, k=4)
     mask = torch.ones(2, 1, 4, 4, dtype=torch.bool).tril()
@@ -199,7 +199,7 @@ def test_mask_and_blocked_rows(rollout):
     mask[0, :, :2, :] = False
     mask[1, :, 3, 1] = False
     attn = torch.ones(2, 4, 4)  # the buffer already holds another layer's map
-    rollout.add_head_mean(attn, query, key, mask, 0.35, 1 << 27)
+    capture.add_head_mean(attn, query, key, mask, 0.35, 1 << 27)
     expect(bool(torch.isfinite(attn).all()), "the buffer holds NaN or inf after a fully masked "
            "row (a left-pad query): such a row adds 0")
     want = 1 + direct_expected(query, key, mask, 0.35)

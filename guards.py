@@ -2,7 +2,7 @@
 around the real work: known errors become one-line messages, and the mistakes people make in
 their first hour are caught before anything heavy starts.
 
-    cli.run("train.py", main, argv)     ValueError, OSError, ImportError -> "train.py: error: ..."
+    guards.run("train.py", main, argv)  ValueError, OSError, ImportError -> "train.py: error: ..."
     check_model(name)                   a mistyped local --model fails at once (no hub retries)
     check_gpu(preset, model, presets)   a GPU preset on a machine without one says what to run
     check_layers(model, layers)         --layers outside the model, named as the flag
@@ -19,6 +19,8 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from config import ROOT
 
 # The exceptions that mean "the input was wrong" here: bad values, files, folders or hub ids
 # (OSError covers FileNotFoundError and the hub's connection errors), a missing optional package.
@@ -40,9 +42,6 @@ def one_line(error: BaseException) -> str:
     """The message of an exception on one line (a multi-line message's lines joined)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(lines) or type(error).__name__
-
-
-ROOT = Path(__file__).resolve().parent  # the repository: tiny/ lives here
 
 
 def looks_like_path(name: str) -> bool:
@@ -90,11 +89,11 @@ def check_gpu(preset: str, model: str, presets: Mapping[str, dict]) -> None:
 
 
 def check_layers(model, layers: Sequence[int] | None) -> list[int]:
-    """rollout.resolve_layers, its error naming the flag."""
-    import rollout
+    """capture.resolve_layers, its error naming the flag."""
+    import capture  # torch and transformers: only for the commands that have a model loaded
 
     try:
-        return rollout.resolve_layers(model, layers)
+        return capture.resolve_layers(model, layers)
     except ValueError as e:
         raise ValueError(f"--layers {','.join(map(str, layers or []))}: {e}") from None
 
@@ -113,7 +112,7 @@ def unencodable(tokenizer, prompts: Sequence[str]) -> tuple[list[int], list[str]
 
 
 def warn_unencodable(prog: str, tokenizer, sets: Mapping[str, Sequence], model: str) -> None:
-    """One warning line per set of examples (name -> [data.Example]) with prompts the tokenizer
+    """One warning line per set of examples (name -> [dataspec.Example]) with prompts the tokenizer
     cannot spell: their text would reach the model as <unk> or worse."""
     for name, examples in sets.items():
         bad, chars = unencodable(tokenizer, [e.prompt for e in examples])
