@@ -100,7 +100,7 @@ def _example(row: dict, fmt: Format, where: str) -> Example:
         except (KeyError, TypeError):  # TypeError: a `solution` that is not text
             raise ValueError(f"{where}: field {path!r} holds no \\boxed{{}} answer") from None
     try:
-        rewards.REWARDS[fmt.kind]("", gold)  # an empty response: scores 0, but a bad gold raises
+        rewards.check_gold(fmt.kind, gold)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
             f"{where}: field {path!r} is not a {fmt.kind} gold ({type(e).__name__}: {e})"

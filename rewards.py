@@ -15,6 +15,7 @@ import unicodedata
 from fractions import Fraction
 from typing import Sequence
 
+import sympy
 from math_verify import LatexExtractionConfig, parse, verify
 
 import sandbox
@@ -122,9 +123,6 @@ MATH_TIMEOUT_S = 1.0  # CPU-time budget of one math_reward call (sandbox.deadlin
 _LATEX_ONLY = [LatexExtractionConfig(boxed_match_priority=0)]
 _TEXT_NUMBER = re.compile(r"\\(?:text|textbf|mathrm|mbox)\s*\{\s*([-+]?[\d.,]*\d)\s*[A-Za-z ]*\}")
 _NUMBER_WORDS = re.compile(r"^\s*([-+]?[\d.,]*\d)\s+(?:[A-Za-z]{2,}\s*)+$")
-_SCRIPTS = {"^": ("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻", "0123456789+-"), "_": ("₀₁₂₃₄₅₆₇₈₉₊₋", "0123456789+-")}
-_SCRIPT_RUNS = {mark: (re.compile(f"[{chars}]+"), str.maketrans(chars, ascii))
-                for mark, (chars, ascii) in _SCRIPTS.items()}
 # One LaTeX token: a command, an escaped character (\\$, \\, and "\\\\" itself), or a character.
 # Scanning by tokens never splits an escape, so no rule below can eat half of one.
 _LATEX_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|.", re.DOTALL)
@@ -134,33 +132,71 @@ _CURRENCY = {"\\$", "$", "€", "£", "¥", "\\euro", "\\texteuro", "\\pounds", 
 _CURRENCY_CODE = re.compile(r"\b(?:US|USD|EUR|GBP|JPY|CNY|RMB)\s*(?=\\\$|\$|\d)|\s(?:USD|EUR|GBP)$")
 _TRAILING = {".", ",", ";", ":", "\\,", "\\;", "\\:", "\\ ", "\\.", "\\!", "\\\\", "\\quad",
              "\\qquad"}
+# Scientific notation: 4.5e33, and 1e-07 (a float gold's repr), is 4.5 \\times 10^{33}; math-verify
+# reads the e as Euler's number (4.5e33 = 4.5 * e * 33).
+_SCI_NOTATION = re.compile(r"(?<![\w\\.])(\d+(?:\.\d*)?|\.\d+)[eE]\+?(-?\d+)(?![\w.])")
+# A digit-group separator inside a number: 1\\,000, 1~000, 1\\;000, a thin space (U+2009, U+202F).
+_GROUP_SEPARATOR = re.compile(r"(?<=\d)(?:\\[,;: ]|~|\\thinspace ?|[\u2009\u202f])(?=\d{3}(?!\d))")
+_SYNONYMS = {"\\varnothing": "\\emptyset"}  # math-verify reads \\varnothing as a symbol
+# \\left and \\right before round and square brackets and bars change nothing but the size
+_SIZED = re.compile(r"\\(?:left|right)\s*(?=[()\[\]|])")
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+_PERCENT = re.compile(r"(.+?)\s*\\?%", re.DOTALL)
 
 
 def unicode_normal(text: str) -> str:
     """NFKC (fullwidth ５ -> 5, Ｆ -> F, no-break space -> space), as every verifier reads its
     answer: super- and subscript digits become ^{..} and _{..} first (NFKC alone would read x²
     as x2), the fraction slash of NFKC's ½ -> 1⁄2 and the minus sign become / and -."""
-    for mark, (run, table) in _SCRIPT_RUNS.items():
-        text = run.sub(lambda m: mark + "{" + m.group().translate(table) + "}", text)
+    text = sandbox.scripts_as_latex(text)
     return unicodedata.normalize("NFKC", text).replace("\u2044", "/").replace("\u2212", "-")
+
+
+def _without_doubled_brackets(text: str) -> str:
+    """((x)) -> (x), [[x]] -> [x], {{x}} -> {x}: a pair whose whole inside is one pair of the
+    same kind says nothing more, and math-verify's parser pays for every level of nesting (15
+    levels of "(" took 2.5 s of CPU the first time, past the 1 s deadline). Escaped brackets
+    (\\{) are not grouping; mismatched ones ([1, 2)) are left alone."""
+    stack: list[int] = []
+    close: dict[int, int] = {}
+    i = 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] in _PAIRS:
+            stack.append(i)
+        elif stack and text[i] == _PAIRS[text[stack[-1]]]:
+            close[stack.pop()] = i
+        i += 1
+    drop: set[int] = set()
+    for i, j in close.items():
+        if close.get(i + 1) == j - 1 and text[i + 1] == text[i]:
+            drop.update((i, j))
+    return "".join(c for k, c in enumerate(text) if k not in drop)
 
 
 def normalise_answer(answer: str) -> str:
     """Our normalisations on top of math-verify's own (which already handles \\text units,
     "x = 5", thousands separators, \\%, ^\\circ, \\dfrac/\\tfrac, ordered tuples and intervals):
     unicode (`unicode_normal`), currency (\\$18, $18$, €18, US\\$18 and 18 USD all read 18), the
-    unicode degree sign, trailing punctuation and spacing, \\text{18 dollars}, and "18 dollars".
+    unicode degree sign, trailing punctuation and spacing, \\text{18 dollars}, and "18 dollars";
+    scientific notation (4.5e33 is 4.5 \\times 10^{33}), digit groups (1\\,000 is 1000),
+    \\varnothing (\\emptyset), doubled brackets ((x)) and \\left( \\right) sizing.
 
     LaTeX is read token by token (`_LATEX_TOKEN`), so "\\\\" (a line break) followed by "$" or
     "," stays a line break: no rule removes half of an escape.
     """
-    answer = _CURRENCY_CODE.sub("", unicode_normal(answer).replace("°", "^\\circ"))
-    tokens = [t for t in _LATEX_TOKEN.findall(answer) if t not in _CURRENCY]
+    answer = unicode_normal(_GROUP_SEPARATOR.sub("", answer))
+    answer = _CURRENCY_CODE.sub("", answer.replace("°", "^\\circ"))
+    tokens = [_SYNONYMS.get(t, t) for t in _LATEX_TOKEN.findall(answer) if t not in _CURRENCY]
     while tokens and (tokens[-1].isspace() or tokens[-1] in _TRAILING):
         tokens.pop()
     answer = "".join(tokens).strip()
     answer = _TEXT_NUMBER.sub(r"\1", answer)
-    return _NUMBER_WORDS.sub(r"\1", answer)
+    answer = _NUMBER_WORDS.sub(r"\1", answer)
+    answer = _SCI_NOTATION.sub(r"\1 \\times 10^{\2}", answer)
+    return _without_doubled_brackets(_SIZED.sub("", answer))
 
 
 def _gold_strings(gold) -> tuple[str, ...]:
@@ -178,7 +214,16 @@ def _gold_strings(gold) -> tuple[str, ...]:
     gold = normalise_answer(str(gold))
     if not gold:
         raise ValueError("math_reward: gold is empty")
+    if (why := sandbox.refuse_reason(gold)) is not None:  # e.g. 9^{9^{9^{9}}}: 7 s in sympy
+        raise ValueError(f"math_reward: gold {shown(gold)} is refused as an answer would be: {why}")
     return (gold,)
+
+
+def shown(value, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters with the full length said: an error message names
+    the offending value without printing 52 MB of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -188,13 +233,51 @@ def _parse(answer: str) -> tuple:
     return tuple(parse(boxed, extraction_config=_LATEX_ONLY, parsing_timeout=None))
 
 
-def _equivalent(pred: str, gold: str) -> bool:
+# math-verify's tolerances: Floats equal when rounded to 6 decimal places, other numbers when
+# their difference evaluated to 15 digits is chopped to 0 (below ~1e-15): both absolute.
+FLOAT_ROUNDING, NUMERIC_PRECISION = 6, 15
+
+
+def _tolerance(gold) -> tuple[int, int]:
+    """verify's (float_rounding, numeric_precision) for a gold: relative to its magnitude.
+
+    At math-verify's defaults all small values are equal (1.6e-19 = 3.2e-19, 0.0000004 =
+    0.0000001). A numeric gold of size 10^m with m < 0 moves both by -m - 1 places, so that a
+    comparison keeps the 6 significant digits it keeps at size 0.1 to 1; larger golds keep
+    the defaults.
+    """
+    if not (isinstance(gold, sympy.Expr) and gold.is_number):
+        return FLOAT_ROUNDING, NUMERIC_PRECISION
+    try:
+        size = abs(complex(gold.evalf()))
+    except (TypeError, ValueError, OverflowError):
+        return FLOAT_ROUNDING, NUMERIC_PRECISION
+    shift = -math.floor(math.log10(size)) - 1 if 0 < size < 1 else 0
+    return FLOAT_ROUNDING + shift, NUMERIC_PRECISION + shift
+
+
+def _verify(pred: str, gold: str) -> bool:
+    """math-verify's equivalence of two normalised answers, its tolerances relative (`_tolerance`)."""
     if pred == gold:
         return True
     parsed_pred, parsed_gold = _parse(pred), _parse(gold)
     if not parsed_pred or not parsed_gold:
         return False
-    return verify(list(parsed_gold), list(parsed_pred), timeout_seconds=None)
+    rounding, precision = _tolerance(parsed_gold[0])
+    return verify(list(parsed_gold), list(parsed_pred), float_rounding=rounding,
+                  numeric_precision=precision, timeout_seconds=None)
+
+
+def _equivalent(pred: str, gold: str) -> bool:
+    """`_verify`, and a percentage on one side only also without its sign: math-verify equates
+    50\\% with 50 (integers) but not 12.5\\% with 12.5."""
+    if _verify(pred, gold):
+        return True
+    percent_pred, percent_gold = _PERCENT.fullmatch(pred), _PERCENT.fullmatch(gold)
+    if (percent_pred is None) == (percent_gold is None):
+        return False
+    return _verify(percent_pred[1] if percent_pred else pred,
+                   percent_gold[1] if percent_gold else gold)
 
 
 # What a process pays once: sympy's and the LaTeX parser's lazy imports and caches (about 1 s of
@@ -238,6 +321,29 @@ def math_reward(response: str, gold, timeout_s: float | None = MATH_TIMEOUT_S) -
             return float(any(_equivalent(pred, g) for g in golds))
     except sandbox.Deadline:
         return 0.0
+
+
+def check_gold(kind: str, gold) -> None:
+    """Raise ValueError or TypeError if `gold` is not a gold of REWARDS[kind] (the loaders' check).
+
+    A math gold is also refused as an answer would be (`sandbox.refuse_reason`) and parsed by
+    math-verify as every comparison will parse it, within the deadline: a gold it reads as
+    nothing, or only past MATH_TIMEOUT_S of CPU, would score every answer 0. The first call of
+    a process runs `warm_up` first.
+    """
+    if kind != "math":
+        REWARDS[kind]("", gold)  # an empty response: scores 0, but a bad gold raises
+        return
+    warm_up()
+    for text in _gold_strings(gold):
+        try:
+            with sandbox.deadline(MATH_TIMEOUT_S):
+                parsed = _parse(text)
+        except sandbox.Deadline:
+            raise ValueError(f"math-verify takes more than {MATH_TIMEOUT_S} s of CPU to read "
+                             f"gold {shown(text)}") from None
+        if not parsed:
+            raise ValueError(f"math-verify reads nothing in gold {shown(text)}")
 
 
 def gold_of(row: dict):
@@ -372,6 +478,10 @@ def countdown_reward(response: str, numbers: Sequence[int], target: int | float)
 
 _GOLD_LETTER = re.compile(r"\s*\(?([A-Z])\)?(?:\s*[:.)]|\s*$)")
 _PRED_LETTER = re.compile(r"\s*(?:\\text(?:bf)?\s*\{)?\s*\(?([A-Za-z])\)?\s*(?:[:.)}]|$)")
+# a second option after the first: "(A) or (C)", "A, C", "A/C", "A and C", "(A)(C)" (hedging)
+_SECOND_OPTION = re.compile(
+    r"[\s)}]*(?:(?:,|;|/|&|\\lor|\\vee|\bor\b|\band\b|\\text\s*\{\s*(?:or|and)\s*\})\s*"
+    r"(?:\\text(?:bf)?\s*\{)?\s*\(?[A-Za-z]\b|\([A-Za-z]\))", re.IGNORECASE)
 
 
 def choice_reward(response: str, gold: str) -> float:
@@ -379,14 +489,17 @@ def choice_reward(response: str, gold: str) -> float:
 
     gold is a letter ("F") or a CrossThinkQA ground truth "F: option text". The answer may read
     "F", "(F)", "\\text{F}", "F: option text" or "f", also in fullwidth (`unicode_normal`);
-    anything else scores 0.
+    anything else scores 0, and so does a hedge that names a second option ("(A) or (C)").
     """
     m = _GOLD_LETTER.match(unicode_normal(gold)) if isinstance(gold, str) else None
     if m is None:
         raise ValueError(f"choice_reward: gold must start with an option letter, got {gold!r}")
     span = answer_span(response, fallback=None)
-    pred = _PRED_LETTER.match(unicode_normal(response[span[0] : span[1]])) if span else None
-    return float(pred is not None and pred.group(1).upper() == m.group(1))
+    answer = unicode_normal(response[span[0] : span[1]]) if span else ""
+    pred = _PRED_LETTER.match(answer)
+    if pred is None or _SECOND_OPTION.match(answer, pred.end(1)):
+        return 0.0
+    return float(pred.group(1).upper() == m.group(1))
 
 
 # ---------------------------------------------------------------------------------------------

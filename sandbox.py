@@ -42,6 +42,7 @@ MAX_NUMBER_DIGITS = 10_000
 
 _DIGITS = re.compile(r"\d+")
 _EXPONENT = re.compile(r"(?:\^|\*\*)\s*(\{|\()?")
+_EXPONENT_AHEAD = re.compile(r"\s*(?:\^|\*\*)")  # a chain a^b ^c, spaces allowed
 _FACTORIAL_ARG = re.compile(r"\d+(?=\s*$)")
 _TOKEN_AFTER_CARET = re.compile(r"\d+|\\[A-Za-z]+|.", re.DOTALL)
 # LaTeX commands that keep an expression numeric (no variable in them)
@@ -50,6 +51,53 @@ _PLAIN_INTEGER = re.compile(r"[{(]?\s*[-+]?\s*(\d+)\s*[})]?")
 # an integer divisor (x / 7, \\frac{x}{7}) cannot make a value larger: left out of the bound
 _INTEGER_DIVISOR = re.compile(r"/\s*\d+(?![\d.])|(\\d?t?frac\s*\{[^{}]*\})\s*\{\s*\d+\s*\}")
 _BINOMIAL = re.compile(r"\\[dt]?binom\s*\{([^{}]*)\}\s*\{([^{}]*)\}|\{([^{}]*)\\choose([^{}]*)\}")
+
+
+# Super- and subscript digits as LaTeX (x² is x^{2}): `rewards.unicode_normal` reads them so too.
+_SCRIPTS = {"^": ("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻", "0123456789+-"), "_": ("₀₁₂₃₄₅₆₇₈₉₊₋", "0123456789+-")}
+_SCRIPT_RUNS = {mark: (re.compile(f"[{chars}]+"), str.maketrans(chars, ascii))
+                for mark, (chars, ascii) in _SCRIPTS.items()}
+# Delimiters that bound a value as a pair of parentheses does: |x| <= x-ish, floor, ceiling, norm
+_SIZING = re.compile(r"\\(?:left|right|[bB]igg?[lrm]?)(?![A-Za-z])")
+_DELIMITER_TOKEN = re.compile(r"\\[A-Za-z]+|\\.|.", re.DOTALL)
+_OPENERS = {"\\lfloor", "\\lceil", "\\lvert", "\\lVert", "\\langle"}
+_CLOSERS = {"\\rfloor", "\\rceil", "\\rvert", "\\rVert", "\\rangle"}
+_BARS = {"|", "\\|", "\\vert", "\\Vert"}
+# what a bar can follow only if it opens (a value cannot end there)
+_BEFORE_OPENING = set("([{,;:=<>+-*/^_") | {"", "\\cdot", "\\times", "\\div", "\\pm", "\\mp"}
+
+
+def scripts_as_latex(text: str) -> str:
+    """Super- and subscript digit runs as ^{..} and _{..}: "99⁹⁹⁹" -> "99^{999}"."""
+    for mark, (run, table) in _SCRIPT_RUNS.items():
+        text = run.sub(lambda m: mark + "{" + m.group().translate(table) + "}", text)
+    return text
+
+
+def bracket_view(answer: str) -> str:
+    """The answer with every pair of delimiters that bounds its value read as "(" ... ")".
+
+    |x|, \\left|x\\right|, \\lfloor x\\rfloor, \\lceil x\\rceil, \\|x\\|, \\langle x\\rangle: a bound
+    on the digits of (x) is a bound on theirs, so the power and nesting rules below see the base
+    of |99999|^{99999} as they see (99999)^{99999}. Sizing commands (\\left, \\bigl, ...) go. A bar
+    opens where a value cannot end (at the start, after an operator or an opening bracket) and
+    closes elsewhere, so ||x|-|y|| reads ((x)-(y)).
+    """
+    out: list[str] = []
+    forced = ""
+    for token in _DELIMITER_TOKEN.findall(scripts_as_latex(answer)):
+        if _SIZING.fullmatch(token):  # \\left, \\bigl: an opener follows; \\right, \\bigr: a closer
+            forced = {"\\left": "(", "\\right": ")"}.get(token) or {"l": "(", "r": ")"}.get(
+                token[-1], "")
+            continue
+        if token in _OPENERS or token in _CLOSERS or token in _BARS:
+            prev = next((t for t in reversed(out) if not t.isspace()), "")
+            opens = forced == "(" or token in _OPENERS or (
+                token in _BARS and forced != ")" and prev in _BEFORE_OPENING)
+            token = "(" if opens else ")"
+        forced = ""
+        out.append(token)
+    return "".join(out)
 
 
 def _group_end(text: str, start: int, opener: str | None) -> int:
@@ -115,7 +163,9 @@ def _log10_bound(text: str) -> float | None:
 def number_digits(answer: str) -> float:
     """Estimated digits of the integers that evaluating `answer` builds: an upper bound for each
     numeric power (exponent x log10 base), factorial (log10 n!) and binomial, plus the digits
-    written out. Symbolic ones (x^{99}, n!) add nothing: sympy keeps them unevaluated."""
+    written out. Symbolic ones (x^{99}, n!) add nothing: sympy keeps them unevaluated. Read in
+    the answer's `bracket_view`, so the base of |99999|^{99999} counts as (99999)'s."""
+    answer = bracket_view(answer)
     total = float(sum(len(d) for d in _DIGITS.findall(answer)))
     for m in _EXPONENT.finditer(answer):
         exponent = answer[m.end() : _group_end(answer, m.end(), m.group(1))]
@@ -143,11 +193,13 @@ def refuse_reason(answer: str) -> str | None:
     symbolic ones like e^{-x^2} pass), factorials of numbers > 1000 and nested factorials, and
     answers whose numbers would exceed MAX_NUMBER_DIGITS digits (`number_digits`:
     \\frac{99999^{99999}}{99998^{99999}}, 2^{99999 \\cdot 99999}, \\binom{10^6}{5 \\cdot 10^5}).
-    Each rule scans the answer (at most MAX_ANSWER_CHARS) once per operator it finds; no
-    benchmark gold is refused.
+    The rules read the answer's `bracket_view` (|x|, floors and ceilings as parentheses,
+    superscript digits as ^{..}). Each rule scans the answer (at most MAX_ANSWER_CHARS) once per
+    operator it finds; no benchmark gold is refused.
     """
     if len(answer) > MAX_ANSWER_CHARS:
         return f"longer than {MAX_ANSWER_CHARS} chars"
+    answer = bracket_view(answer)
     if any(len(d) > MAX_DIGITS for d in _DIGITS.findall(answer)):
         return f"a number with more than {MAX_DIGITS} digits"
     depth = 0
@@ -160,7 +212,7 @@ def refuse_reason(answer: str) -> str | None:
         exponent, base = answer[m.end() : end], _base_before(answer, m.start())
         if any(len(d) > MAX_EXPONENT_DIGITS for d in _DIGITS.findall(exponent)):
             return "an exponent with a huge number"
-        if _is_numeric_power(exponent) or _is_numeric_power(base) or _EXPONENT.match(answer, end):
+        if _is_numeric_power(exponent) or _is_numeric_power(base) or _EXPONENT_AHEAD.match(answer, end):
             return "a power tower (a power of a power, or a chain a^b^c)"
     for m in re.finditer("!", answer):
         group = _base_before(answer, m.start())  # "(10^{10})" in (10^{10})!, "" in 100!

@@ -12,6 +12,14 @@ NESTED_POWERS = {f"{n}-digit bases": f"\\frac{{{'9' * n}^{{99999}}}}{{{'9' * (n 
     "sum of big powers": "\\frac{10^{99999}+1}{10^{99998}+7}",
     "binomial": "\\binom{999999}{499999}",
     "many mid-size powers": "\\frac{" + "\\cdot ".join(["7^{3000}"] * 40) + "}{3^{2000}}",
+} | {  # issue 22: bases in other delimiters, exponents in superscript digits (5.5-6.5 s each)
+    f"{name} bases": f"\\frac{{{left}99999{right}^{{99999}}}}{{{left}99998{right}^{{99999}}}}"
+    for name, left, right in [("|..|", "|", "|"), ("\\left|..\\right|", "\\left|", "\\right|"),
+                              ("floor", "\\lfloor ", "\\rfloor"), ("ceiling", "\\lceil ", "\\rceil")]
+} | {
+    "superscript exponents": "\\frac{|99999|⁹⁹⁹⁹⁹}{|99998|⁹⁹⁹⁹⁹}",
+    "superscript digits alone": "\\frac{99999⁹⁹⁹⁹⁹}{99998⁹⁹⁹⁹⁹}",
+    "spaced chain": "99999^{99} ^{999}",
 }
 
 HOSTILE = {

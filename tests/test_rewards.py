@@ -149,6 +149,23 @@ def test_answer_span_tag_versus_box_order():
         ("x²+1", "x^2+1"),
         ("½", "0.5"),
         ("−3", "-3"),
+        # issue 22: scientific notation (math-verify read 4.5e33 as 4.5 * e * 33)
+        ("4.5 \\times 10^{33}", "4.5e33"),
+        ("4.5e33", "4.5 \\times 10^{33}"),
+        ("10^{-7}", 1e-7),  # a float gold's repr is 1e-07
+        ("0.0000001", 1e-7),
+        ("16 \\times 10^{-20}", "1.6e-19"),  # relative tolerance: equal values still equal
+        ("0.00000010", "10^{-7}"),
+        ("1\\,000", "1000"),  # digit groups
+        ("1\\,000\\,000", "10^6"),
+        ("1\u2009000", "1000"),  # a thin space
+        ("12.5\\%", "12.5"),  # a percentage on one side only, as math-verify's 50\\% = 50
+        ("12.5", "12.5\\%"),
+        ("12.5\\%", "0.125"),
+        ("\\emptyset", "\\varnothing"),
+        ("\\varnothing", "\\{\\}"),
+        ("(" * 15 + "1" + ")" * 15, "1"),  # used to run out the 1 s deadline
+        ("\\left(" * 15 + "1" + "\\right)" * 15, "1"),
     ],
 )
 def test_math_reward_equivalent(pred, gold):
@@ -172,6 +189,15 @@ def test_math_reward_equivalent(pred, gold):
         ("\\boxed{x₂}", "x2"),  # a subscript is not a digit: x_{2}, not x2
         ("\\boxed{x²}", "x2"),  # nor is a superscript
         ("\\boxed{６}", "5"),
+        # issue 22: e-5 is Euler's e minus 5, not 1e-5; small values are compared relatively
+        ("\\boxed{e-5}", "1e-5"),
+        ("\\boxed{1.6 \\times 10^{-19}}", "3.2 \\times 10^{-19}"),
+        ("\\boxed{0.0000004}", "0.0000001"),
+        ("\\boxed{2 \\times 10^{-7}}", 1e-7),
+        ("\\boxed{1.600001e-19}", "1.6e-19"),  # 7 significant digits: past the tolerance
+        ("\\boxed{4.6e33}", "4.5 \\times 10^{33}"),
+        ("\\boxed{12.5\\%}", "13"),
+        ("\\boxed{0.125}", "12.5"),
     ],
 )
 def test_math_reward_wrong(response, gold):
@@ -188,6 +214,48 @@ def test_normalise_answer_keeps_escapes_whole():
     assert norm("5\\,") == "5"
     assert norm("\\quadrant") == "\\quadrant"  # a command that starts like \\quad is no space
     assert norm("x²") == "x^{2}" and norm("a₁₂") == "a_{12}"
+
+
+def test_normalise_answer_issue_22_forms():
+    norm = rewards.normalise_answer
+    assert norm("4.5e33") == norm("4.5E+33") == "4.5 \\times 10^{33}"
+    assert norm("1e-07") == "1 \\times 10^{-07}"
+    assert norm("2e") == "2e" and norm("x1e5") == "x1e5" and norm("e-5") == "e-5"
+    assert norm("1\\,000") == "1000" and norm("1\\,00") == "1\\,00"  # groups of three only
+    assert norm("((x))") == "(x)" and norm("{{{1}}}") == "{1}" and norm("((1), 2)") == "((1), 2)"
+    assert norm("[1, 2)") == "[1, 2)" and norm("\\{\\{1\\}\\}") == "\\{\\{1\\}\\}"
+    assert norm("\\left(\\left(1\\right)\\right)") == "(1)"
+    assert norm("\\left\\{1\\right\\}") == "\\left\\{1\\right\\}"
+
+
+def test_minerva_scientific_golds():
+    """Minerva writes 58 of its 272 golds as 4.5e33: the answer 4.5 \\times 10^{33} scores 1 (it
+    scored 0: math-verify read e as Euler's number), and twice the value scores 0."""
+    golds = [rewards.gold_of(row) for row in _rows("minerva_math_test")]
+    scientific = [g for g in golds if rewards._SCI_NOTATION.fullmatch(g)]
+    assert len(scientific) == 58
+    for gold in scientific:
+        mantissa, exponent = gold.lower().split("e")
+        written = f"{mantissa} \\times 10^{{{int(exponent)}}}"
+        assert math_reward(f"\\boxed{{{written}}}", gold) == 1.0, gold
+        assert math_reward(f"\\boxed{{{2 * float(mantissa)}e{exponent}}}", gold) == 0.0, gold
+
+
+def test_math_reward_refuses_hostile_golds():
+    """A gold is refused as an answer would be (a 9^{9^{9^{9}}} gold took 6.9 s in sympy), and the
+    loaders' check parses the gold (the old one scored an empty response, which returns before
+    the gold is read)."""
+    with pytest.raises(ValueError, match=r"gold '9\^\{9\^\{9\^\{9\}\}\}' is refused .*tower"):
+        math_reward("\\boxed{1}", "9^{9^{9^{9}}}")
+    with pytest.raises(ValueError, match=r"^math_reward: gold '7777777777.*\(1002 chars\) is "
+                                         r"refused as an answer would be: a number with more"):
+        math_reward("\\boxed{1}", "7" * 1000)
+    with pytest.raises(ValueError, match=r"^math-verify reads nothing in gold '\}\{'"):
+        rewards.check_gold("math", "}{")
+    assert math_reward("\\boxed{1}", "}{") == 0.0  # what the old check saw: no error
+    rewards.check_gold("math", ["1", "\\frac{1}{2}"])
+    with pytest.raises(ValueError, match="letter"):
+        rewards.check_gold("choice", "four")
 
 
 def test_math_reward_bad_gold_is_an_error():
@@ -302,6 +370,15 @@ def test_solve_countdown_is_complete_against_enumeration():
         ("the answer is F", 0.0),  # no box: no fallback for rewards
         ("\\boxed{Ｆ}", 1.0),  # fullwidth, NFKC (issue 13)
         ("\\boxed{（Ｆ）}", 1.0),
+        ("\\boxed{(F) Kantian ethics}", 1.0),
+        # issue 22: a hedge naming a second option scores 0 (it scored 1)
+        ("\\boxed{(F) or (B)}", 0.0),
+        ("\\boxed{(B) or (F)}", 0.0),
+        ("\\boxed{F, B}", 0.0),
+        ("\\boxed{F/B}", 0.0),
+        ("\\boxed{F and B}", 0.0),
+        ("\\boxed{(F)(B)}", 0.0),
+        ("\\boxed{\\text{F} or \\text{B}}", 0.0),
     ],
 )
 def test_choice_reward(response, reward):

@@ -27,11 +27,21 @@ from rewards import math_reward  # noqa: E402
 def test_refuse_reason_lets_real_answers_through():
     for answer in ["2^{1009}", "\\frac{100!}{2^{50}}", "10^{100}", "e^{-x^2}", "(2n)!",
                    "x^5 - x^4 + x^3", "10^{100},10^{1 / 100}", "1000!", "\\binom{100}{50}",
-                   "x^{99999}", "2^{9999}", "\\left(\\frac{1}{2}\\right)^{30}"]:
+                   "x^{99999}", "2^{9999}", "\\left(\\frac{1}{2}\\right)^{30}", "|x|^{2}",
+                   "\\left|\\frac{1}{2}\\right|^{2}", "\\lfloor 2.5 \\rfloor^{3}", "\\|v\\|^2",
+                   "x² + y²"]:
         assert sandbox.refuse_reason(answer) is None, answer
     for answer in ["9^{9^{9^9}}", "2^2^2", "(9^{99})^{99}", "10^{123456}", "(10^{10})!", "1001!",
                    "7" * 300, "(" * 40 + "1" + ")" * 40, "x+" * 600]:
         assert sandbox.refuse_reason(answer) is not None, answer
+
+
+def test_bracket_view_reads_bounding_delimiters_as_parentheses():
+    view = sandbox.bracket_view
+    assert view("||x|-|y||^{2}") == "((x)-(y))^{2}"
+    assert view("\\left|x\\right| + \\lfloor y\\rfloor \\cdot |z|") == "(x) + ( y) \\cdot (z)"
+    assert view("\\lceil 2.5\\rceil⁹⁹") == "( 2.5)^{99}"
+    assert view("\\left\\{1\\right\\}") == "\\{1\\}"  # a set is no bound: left as it is
 
 
 def test_refuse_reason_nested_powers():
