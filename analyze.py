@@ -59,7 +59,7 @@ def _common(p: argparse.ArgumentParser, problems: int) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="analyze.py", description=__doc__.split("\n\n")[0])
+    ap = config.ArgumentParser(prog="analyze.py", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     defaults = argparse.ArgumentDefaultsHelpFormatter
 

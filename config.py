@@ -163,6 +163,15 @@ PRESETS: dict[str, dict] = {
 }
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with its errors in one line, `PROG: error: MESSAGE`, instead of the usage
+    block (29 lines for train.py) above it; --help still lists every flag. Every command's parser
+    (train.py here, eval.py, analyze.py, data.py)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the flags)\n")
+
+
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
                      argparse.ArgumentDefaultsHelpFormatter):
     """The description as written; every flag's help followed by its default."""
@@ -178,14 +187,14 @@ def parse_args(argv: list[str] | None = None, description: str | None = None,
     --help lists the defaults of the preset given (`--preset P --help`); --show-config prints the
     resolved configuration as JSON and exits.
     """
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     known, _ = pre.parse_known_args(argv)
     defaults = dataclasses.asdict(Config()) | PRESETS[known.preset] | {"preset": known.preset}
     defaults |= base or {}
 
-    ap = argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter,
-                                 epilog=f"The defaults shown are those of --preset {known.preset}.")
+    ap = ArgumentParser(description=description, formatter_class=_HelpFormatter,
+                        epilog=f"The defaults shown are those of --preset {known.preset}.")
     choices = {"credit": sorted(CREDIT_STRATEGIES), "template": list(dataspec.TEMPLATES),
                "aggregation": list(AGGREGATIONS), "preset": sorted(PRESETS),
                "answer_fallback": list(ANSWER_FALLBACKS), "sharding": list(SHARDINGS)}
@@ -257,8 +266,9 @@ def ratio_ok(x) -> bool:
 
 
 def gamma_ok(x) -> bool:
-    """eq. (6)'s gamma_flow is a finite weight >= 0 (flow.check_gamma)."""
-    return _real(x, 0, math.inf, open_high=True)
+    """eq. (6)'s gamma_flow is a finite weight > 0 (flow.check_gamma; grpo.policy_loss's min
+    identity and credit.credit_gamma need gamma > 0)."""
+    return _real(x, 0, math.inf, open_low=True, open_high=True)
 
 
 def _text(x) -> bool:
@@ -310,7 +320,7 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
         ("credit", c.credit in CREDIT_STRATEGIES,
          f"must be one of {sorted(CREDIT_STRATEGIES)}"),
         ("ratio", ratio_ok(c.ratio), "must be in [0, 1] (eq. 6's share of tokens)"),
-        ("gamma", gamma_ok(c.gamma), "must be finite and >= 0 (eq. 6)"),
+        ("gamma", gamma_ok(c.gamma), "must be finite and > 0 (eq. 6; grpo.policy_loss needs it)"),
         ("layers", c.layers is None or (isinstance(c.layers, list) and len(c.layers) > 0
                                         and all(_int(x, 0) for x in c.layers)),
          "must be layer indices >= 0 (or none)"),

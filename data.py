@@ -23,15 +23,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import config
+import guards
 import rewards
 import tasks
 from dataspec import FIELD_NAMES, FORMATS, Example, Format, parse_fields
+from normalise import shown
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number from 1, row) for every non-blank line; a line that is not UTF-8 text or not a
-    JSON object raises ValueError naming the file and the line."""
+    JSON object (broken, an integer past Python's 4300 digits, nested past its recursion limit)
+    raises ValueError naming the file and the line, and so does a file with no rows."""
     path = Path(path)
+    number = rows = 0
     with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
@@ -45,11 +50,20 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path.name}:{number}: invalid JSON: {e}") from None
+            except ValueError as e:  # "Exceeds the limit (4300 digits) for integer string ..."
+                raise ValueError(f"{path.name}:{number}: invalid JSON: "
+                                 f"{str(e).split(':')[0]}") from None
+            except RecursionError:
+                raise ValueError(f"{path.name}:{number}: invalid JSON: nested too deeply for "
+                                 "Python's JSON reader") from None
             if not isinstance(row, dict):
                 raise ValueError(
                     f"{path.name}:{number}: expected a JSON object, got {type(row).__name__}"
                 )
+            rows += 1
             yield number, row
+    if rows == 0:
+        raise ValueError(f"{path.name}: no rows (the file has {number} lines, none with a row)")
 
 
 class _Missing(LookupError):
@@ -80,14 +94,16 @@ def _field(row: dict, paths: str, where: str) -> tuple[Any, str]:
             raise ValueError(f"{where}: field {path!r} is null")
         return value, path
     wanted = " or ".join(repr(p) for p in paths.split("|"))
-    raise ValueError(f"{where}: missing field {wanted} (the row has keys {sorted(row)})")
+    raise ValueError(f"{where}: missing field {wanted} (the row has keys "
+                     f"{shown(sorted(row), 200)})")
 
 
 def _example(row: dict, fmt: Format, where: str) -> Example:
     """One row as an Example; the gold is checked against rewards.REWARDS[fmt.kind] right away."""
     question, path = _field(row, fmt.prompt_field, where)
     if not isinstance(question, str) or not question.strip():
-        raise ValueError(f"{where}: field {path!r} must be a non-empty string, got {question!r}")
+        raise ValueError(f"{where}: field {path!r} must be a non-empty string, got "
+                         f"{shown(question)}")
     if fmt.instruction is None or fmt.instruction in question:
         prompt = question
     else:
@@ -108,7 +124,7 @@ def _example(row: dict, fmt: Format, where: str) -> Example:
     if fmt.kind == "countdown" and not _is_number(gold["target"]):
         # the empty response above scores 0 before the target is read: check it here
         raise ValueError(f"{where}: field {fmt.gold!r}: the target must be a finite number, got "
-                         f"{gold['target']!r}")
+                         f"{shown(gold['target'])}")
     return Example(prompt=prompt, gold=gold, kind=fmt.kind, id=where)
 
 
@@ -153,7 +169,7 @@ def guess_format(path: str | Path, row: dict, fields: dict[str, str] | None = No
     if readings and len(set(readings.values())) == 1:
         return next(iter(readings))
     if not readings:
-        why = f"no format reads its first row, which has keys {sorted(row)}"
+        why = f"no format reads its first row, which has keys {shown(sorted(row), 200)}"
     else:
         why = f"formats {sorted(readings)} read its first row differently"
     raise ValueError(f"{Path(path).name}: cannot guess the format ({why}); name your fields with "
@@ -177,10 +193,7 @@ def load_jsonl(path: str | Path, format: str | None = None, *, limit: int | None
     if not path.is_file():
         raise FileNotFoundError(f"no such JSONL file: {path}")
     if format is None:
-        first = next(read_jsonl(path), None)
-        if first is None:
-            raise ValueError(f"{path.name}: no rows")
-        format = guess_format(path, first[1], fields)
+        format = guess_format(path, next(read_jsonl(path))[1], fields)
     fmt = _with_fields(_check_format(format), fields)
     rows = ((f"{path.name}:{number}", row) for number, row in read_jsonl(path))
     return _examples(rows, fmt, limit)
@@ -387,9 +400,9 @@ def fetch(names: Sequence[str], out: str | Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="data.py", description="Fetch the benchmarks into a local "
-                                 "folder (for --data-dir), with the `datasets` library.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = config.ArgumentParser(prog="data.py", description="Fetch the benchmarks into a local "
+                            "folder (for --data-dir), with the `datasets` library.",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download benchmarks from their public sources",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)

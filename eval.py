@@ -190,8 +190,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = config.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a local model folder or a hub id")
     p.add_argument("--benchmarks", required=True,
                    help=f"comma-separated: {', '.join(data.benchmark_names())}, "

@@ -283,9 +283,9 @@ def check_ratio(ratio: float) -> None:
 
 
 def check_gamma(gamma: float) -> None:
-    """eq. (6)'s gamma must be finite and >= 0 (config.gamma_ok, the rule of --gamma)."""
+    """eq. (6)'s gamma must be finite and > 0 (config.gamma_ok, the rule of --gamma)."""
     if not gamma_ok(float(gamma)):  # NaN fails too
-        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
+        raise ValueError(f"gamma must be finite and > 0, got {gamma}")
 
 
 def top_k_mask(

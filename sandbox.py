@@ -53,7 +53,7 @@ _INTEGER_DIVISOR = re.compile(r"/\s*\d+(?![\d.])|(\\d?t?frac\s*\{[^{}]*\})\s*\{\
 _BINOMIAL = re.compile(r"\\[dt]?binom\s*\{([^{}]*)\}\s*\{([^{}]*)\}|\{([^{}]*)\\choose([^{}]*)\}")
 
 
-# Super- and subscript digits as LaTeX (x² is x^{2}): `rewards.unicode_normal` reads them so too.
+# Super- and subscript digits as LaTeX (x² is x^{2}): `normalise.unicode_normal` reads them so too.
 _SCRIPTS = {"^": ("⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻", "0123456789+-"), "_": ("₀₁₂₃₄₅₆₇₈₉₊₋", "0123456789+-")}
 _SCRIPT_RUNS = {mark: (re.compile(f"[{chars}]+"), str.maketrans(chars, ascii))
                 for mark, (chars, ascii) in _SCRIPTS.items()}

@@ -50,9 +50,7 @@ def _load_source(source: str, data_dir: str | None, data_format: str | None,
     """Every example of --prompts SOURCE (see read_prompts)."""
     path = Path(source)
     if data_format is None and data_fields is None and path.is_file():
-        first = next(read_jsonl(path), None)
-        if first is None:
-            raise ValueError(f"{source} holds no prompts")
+        first = next(read_jsonl(path))  # an empty file raises ValueError: no rows
         try:
             data.guess_format(path, first[1])  # a format reads it: data.load_source below
         except ValueError:

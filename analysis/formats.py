@@ -20,7 +20,8 @@ from analysis.common import (flow_of, generation_prompts, read_prompts, require_
                              split_instruction, teacher_forced)
 from dataspec import MATH_INSTRUCTION, Example
 from flow import top_k_mask
-from rewards import boxed_span, choice_reward, math_reward, normalise_answer
+from normalise import normalise_answer
+from rewards import boxed_span, choice_reward, math_reward
 from rollout import generate
 
 

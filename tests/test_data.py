@@ -200,6 +200,42 @@ def test_broken_lines_and_missing_fields_name_file_line_and_field(tmp_path):
         data.load_examples(str(path), "gsm8k")
 
 
+def test_lines_past_pythons_json_limits_and_empty_files_name_the_file(tmp_path):
+    """issue 22: a 5000-digit integer escaped as a bare ValueError, 100k-deep nesting as a 39-line
+    RecursionError traceback, and an empty file gave no rows without a word."""
+    path = tmp_path / "data.jsonl"
+    good = json.dumps(CASES["gsm8k"][1])
+    path.write_text(good + "\n" + '{"question": "q", "answer": ' + "7" * 5000 + "}\n")
+    with pytest.raises(ValueError, match=r"^data.jsonl:2: invalid JSON: Exceeds the limit \(4300 "
+                                         r"digits\) for integer string conversion$"):
+        data.load_examples(str(path), "gsm8k")
+    path.write_text(good + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=r"^data.jsonl:2: invalid JSON: nested too deeply"):
+        data.load_examples(str(path), "gsm8k")
+    for text, lines in [("", 0), ("\n  \n", 2)]:
+        path.write_text(text)
+        for fmt in ("gsm8k", None):  # named or guessed
+            with pytest.raises(ValueError, match=rf"^data.jsonl: no rows \(the file has {lines} "
+                                                 r"lines, none with a row\)$"):
+                data.load_examples(str(path), fmt)
+
+
+def test_messages_cut_the_offending_value(tmp_path):
+    """issue 22: a message embedded the whole value (a 52 MB line took 21 s to print)."""
+    path = write_jsonl(tmp_path / "data.jsonl", [{"question": " " * 10**6, "answer": "#### 1"}])
+    with pytest.raises(ValueError) as error:
+        data.load_examples(str(path), "gsm8k")
+    assert str(error.value) == ("data.jsonl:1: field 'question' must be a non-empty string, got '"
+                                + " " * 59 + "... (1000002 chars)")
+    path = write_jsonl(path, [{f"key{i}": 1 for i in range(10**5)}])
+    with pytest.raises(ValueError, match=r"^data.jsonl:1: missing field 'question' \(the row has "
+                                         r"keys \['key0', .{150,200}\.\.\. \(\d+ chars\)\)$"):
+        data.load_examples(str(path), "gsm8k")
+    path = write_jsonl(path, [dict(CASES["crossthinkqa"][1], ground_truth="?" * 10**6)])
+    with pytest.raises(ValueError, match=r"got '\?{59}\.\.\. \(1000002 chars\)\)$"):
+        data.load_examples(str(path), "crossthinkqa")
+
+
 def test_golds_the_reward_would_reject_fail_at_load_time(tmp_path):
     path = write_jsonl(tmp_path / "data.jsonl",
                        [dict(CASES["crossthinkqa"][1], ground_truth="four")])
@@ -214,6 +250,14 @@ def test_golds_the_reward_would_reject_fail_at_load_time(tmp_path):
     with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'final_answer' is null"):
         path = write_jsonl(tmp_path / "data.jsonl", [{"question": "q", "final_answer": None}])
         data.load_examples(str(path), "olympiadbench")
+    # issue 22: the check parses math golds and refuses hostile ones (it scored an empty
+    # response, which returns before the gold is read)
+    for gold, why in [("9^{9^{9^{9}}}", "is refused as an answer would be: a power tower"),
+                      ("}{", "math-verify reads nothing in gold")]:
+        path = write_jsonl(tmp_path / "data.jsonl", [{"problem": "p", "answer": gold}])
+        with pytest.raises(ValueError, match=r"^data.jsonl:1: field 'answer' is not a math gold "
+                                             rf"\(ValueError: .*{why}"):
+            data.load_examples(str(path), "math500")
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path):

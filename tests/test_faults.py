@@ -412,6 +412,7 @@ def _read(path: Path) -> str:
 BAD_FLAGS = [
     (["--group-size", "0"], "--group-size"), (["--group-size", "1"], "--group-size"),
     (["--ratio", "2"], "--ratio"), (["--gamma", "nan"], "--gamma"), (["--gamma", "-1"], "--gamma"),
+    (["--gamma", "0"], "--gamma"),  # issue 22: it failed only at the first credit step
     (["--max-new-tokens", "0"], "--max-new-tokens"), (["--micro-batch", "0"], "--micro-batch"),
     (["--steps", "0"], "--steps"), (["--keep-checkpoints", "-1"], "--keep-checkpoints"),
     (["--eval-every", "0"], "--eval-every"), (["--save-every", "-1"], "--save-every"),
@@ -513,7 +514,7 @@ def test_flow_rejects_negative_attention():
         flow.throughput(attn.mT.triu(1), prompt, answer)
 
 
-@pytest.mark.parametrize("gamma", [math.nan, -0.5, math.inf])
+@pytest.mark.parametrize("gamma", [math.nan, -0.5, math.inf, 0.0])
 def test_credit_weights_rejects_a_bad_gamma(gamma):
     with pytest.raises(ValueError, match="gamma"):
         flow.credit_weights(torch.tensor([True, False]), gamma)

@@ -342,6 +342,38 @@ def test_help_lists_each_choice_as_it_is_typed(capsys):
     assert config.parse_args(["--answer-fallback", "none"]).answer_fallback is None
 
 
+@pytest.mark.parametrize("flag", ["--data", "--eval-data"])
+def test_an_empty_data_file_is_refused_before_the_model_loads(flag, tmp_path, capsys):
+    """issue 22: as --data it gave "0 training examples are also in the held-out set", as
+    --eval-data an IndexError traceback after the model had loaded."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    argv = [flag, str(empty), "--data-format", "gsm8k", "--out", str(tmp_path / "run")]
+    assert error_line("train.py", train.main, argv, capsys) == (
+        "train.py: error: empty.jsonl: no rows (the file has 0 lines, none with a row)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("parse, argv, flag, message", [
+    (config.parse_args, ["--steps", "x"], "--steps", "invalid int value: 'x'"),
+    (config.parse_args, ["--preset", "tiny2"], "--preset", "invalid choice: 'tiny2'"),
+    (lambda argv: ev.parser().parse_args(argv), ["--n", "2.5"], "--n", "invalid int value: '2.5'"),
+    (lambda argv: analyze.parser().parse_args(argv), ["view", "--seed", "s"], "--seed",
+     "invalid int value: 's'"),
+    (lambda argv: data.main(argv), ["fetch", "--nope"], None, "unrecognized arguments: --nope"),
+])
+def test_a_bad_flag_value_is_one_line_without_the_usage(parse, argv, flag, message, capsys):
+    """issue 22: argparse printed its 29-line usage block above the error."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        parse(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    where = f"argument {flag}: " if flag else ""
+    assert re.fullmatch(rf"[\w.]+( view)?: error: {where}{re.escape(message)}.* \(--help lists the "
+                        r"flags\)\n", err), err
+
+
 def test_show_config_prints_the_resolved_configuration(capsys):
     argv = ["--preset", "qwen3-4b-math-1k", "--lr", "2e-6"]
     with pytest.raises(SystemExit) as exit_:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import normalise  # noqa: E402
 import rewards  # noqa: E402
 from countdown_solver import solve_countdown  # noqa: E402
 from rewards import answer_span, choice_reward, countdown_reward, math_reward  # noqa: E402
@@ -206,7 +207,7 @@ def test_math_reward_wrong(response, gold):
 
 def test_normalise_answer_keeps_escapes_whole():
     """Token by token: no rule removes half of an escape such as the line break "\\\\"."""
-    norm = rewards.normalise_answer
+    norm = normalise.normalise_answer
     assert norm("\\$18") == "18"
     assert norm("\\$32,\\!348") == "32,\\!348"
     assert norm("a \\\\ b$") == "a \\\\ b"  # "\\\\" then "$": the line break stays
@@ -217,7 +218,7 @@ def test_normalise_answer_keeps_escapes_whole():
 
 
 def test_normalise_answer_issue_22_forms():
-    norm = rewards.normalise_answer
+    norm = normalise.normalise_answer
     assert norm("4.5e33") == norm("4.5E+33") == "4.5 \\times 10^{33}"
     assert norm("1e-07") == "1 \\times 10^{-07}"
     assert norm("2e") == "2e" and norm("x1e5") == "x1e5" and norm("e-5") == "e-5"
@@ -232,7 +233,7 @@ def test_minerva_scientific_golds():
     """Minerva writes 58 of its 272 golds as 4.5e33: the answer 4.5 \\times 10^{33} scores 1 (it
     scored 0: math-verify read e as Euler's number), and twice the value scores 0."""
     golds = [rewards.gold_of(row) for row in _rows("minerva_math_test")]
-    scientific = [g for g in golds if rewards._SCI_NOTATION.fullmatch(g)]
+    scientific = [g for g in golds if normalise._SCI_NOTATION.fullmatch(g)]
     assert len(scientific) == 58
     for gold in scientific:
         mantissa, exponent = gold.lower().split("e")
