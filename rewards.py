@@ -131,8 +131,7 @@ def _parse(answer: str) -> tuple:
     return tuple(parse(boxed, extraction_config=_LATEX_ONLY, parsing_timeout=None))
 
 
-# math-verify's tolerances: Floats equal when rounded to 6 decimal places, other numbers when
-# their difference evaluated to 15 digits is chopped to 0 (below ~1e-15): both absolute.
+# math-verify's absolute tolerances: Floats rounded to 6 places, differences chopped at 15 digits
 FLOAT_ROUNDING, NUMERIC_PRECISION = 6, 15
 
 
@@ -220,12 +219,9 @@ def math_reward(response: str, gold, timeout_s: float | None = MATH_TIMEOUT_S) -
 
 def check_gold(kind: str, gold) -> None:
     """Raise ValueError or TypeError if `gold` is not a gold of REWARDS[kind] (the loaders' check).
-
-    A math gold is also refused as an answer would be (`sandbox.refuse_reason`) and parsed by
-    math-verify as every comparison will parse it, within the deadline: a gold it reads as
-    nothing, or only past MATH_TIMEOUT_S of CPU, would score every answer 0. The first call of
-    a process runs `warm_up` first.
-    """
+    A math gold is refused as an answer would be (`gold_strings`) and parsed, after `warm_up`,
+    within the deadline: a gold math-verify reads as nothing, or only past MATH_TIMEOUT_S of CPU,
+    would score every answer 0."""
     if kind != "math":
         REWARDS[kind]("", gold)  # an empty response: scores 0, but a bad gold raises
         return
