@@ -1,23 +1,30 @@
-"""Generate the course handouts from the reference modules (issue 12).
+"""Generate the course handouts from the reference modules (issues 12 and 24).
 
     python course/make.py hw                  # one folder per assignment under hw/
-    python course/make.py hw --solutions      # the same with the reference solutions in place
     python course/make.py hw --only a1_flow   # some assignments only
     python course/make.py hw --autograder zips  # also one Gradescope autograder zip per assignment
+    python course/make.py rel --release       # after the a1-a3 deadlines: their reference modules
+    python course/make.py hw --solutions      # every reference solution in place (a4's results too)
 
 One source of truth: a student file is the reference module of the same name, rewritten with
-Python's `ast`: the bodies of the assigned functions become `raise NotImplementedError(...)`
-(signature and docstring kept: the docstring is the specification), and what would give the answer
-away (helpers and fused paths that compute the same thing) is dropped. Which functions, and what
-else stays, is the `ASSIGNMENTS` table below; a listed function or name that the module no longer
-has is an error that names it. Everything else a handout needs is copied as it is: the local
-modules the reference modules import (followed recursively), listed data (the shipped tiny model),
-the grader, the visible checks.
+Python's `ast` (sources.py): the bodies of the assigned functions become `raise
+NotImplementedError(...)` (signature and docstring kept: the docstring is the specification), and
+what would give the answer away (helpers and fused paths that compute the same thing) is dropped.
+Which functions, and what else stays, is the `ASSIGNMENTS` table below; a listed function or name
+that the module no longer has is an error that names it. Everything else a handout needs is copied
+as it is: the local modules the reference modules import (followed recursively), the documents
+their docstrings point to, listed data (the shipped tiny model), the grader, the visible checks.
+
+Release order. a4 runs the whole method, so its flow.py, grpo.py and capture.py are the complete
+modules with every a1-a3 function emptied (and the two helpers of the fused solve that would give
+eq. (2) away): by default students run a4 on their own a1-a3 code, pasted into those stubs. After
+the a1-a3 deadlines `--release` builds the handouts with the a1-a3 reference modules in place of
+the stubs (a4's own results are not in it), for students who would rather run a4 on those.
 
 A handout folder:
     README.md             the handout (course/handouts/<name>.md, generated tables filled in)
     <module>.py           student files: the reference module's name, so copying it over scores full
-    ...                   the other local modules and data the reference code imports or reads
+    ...                   the other local modules, documents and data the reference code needs
     grade.py              the grader; `python grade.py .` runs the visible checks
     checks/<name>.py      the visible checks (hidden ones only live in course/checks/)
     handout.json          assignment name, student files, what to submit
@@ -32,16 +39,16 @@ import ast
 import json
 import re
 import shutil
-import sys
 import textwrap
 import zipfile
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from sources import (ALL, ROOT, AssignmentError, CheckInfo, python_files, check_infos,
+                     dependencies, doc_pointers, has_section, requirements, rewrite,
+                     visible_checks)
+
 COURSE = ROOT / "course"
-ALL = "*"  # keep: every top-level definition of the module
 
 
 @dataclass(frozen=True)
@@ -66,353 +73,54 @@ class Assignment:
     entry_points: tuple[str, ...] = ()  # scripts students run, copied with what they import
     data: tuple[str, ...] = ()  # files or folders (relative to the repository) copied as they are
     submit: tuple[str, ...] = ()  # what a student hands in besides the student files
+    submit_modules: bool = True  # False: graded on its results, the modules are not handed in
     solution: str | None = None  # a folder of course/ that --solutions copies in (besides modules)
 
+
+# what a1-a3 assign, per module; a4 empties all of them (its students paste theirs in)
+A1_FLOW = ("influence_graph", "potential", "reweight", "forward_flow")
+A2_FLOW = ("top_k_mask", "credit_weights")
+A2_GRPO = ("group_advantages", "policy_loss")
+A3_CAPTURE = ("add_head_mean",)
+FUSED_SOLVE = ("_system", "_solve_potential")  # flow.trace's eq. (2): potential in two steps
 
 ASSIGNMENTS: tuple[Assignment, ...] = (
     Assignment(
         name="a1_flow",
-        title="The flow: eqs. (1)-(4), throughput, Theorem 3.1",
-        modules=(Module("flow", ("influence_graph", "potential", "reweight", "forward_flow")),),
+        title="The flow: eqs. (1)-(4) and Theorem 3.1",
+        modules=(Module("flow", A1_FLOW),),
         submit=("answers.md",),
     ),
     Assignment(
         name="a2_credit",
         title="Credit and the surrogate: eqs. (6), (10), (5)/(11)",
         modules=(
-            Module("flow", ("top_k_mask", "credit_weights")),
-            Module("grpo", ("group_advantages", "policy_loss"),
-                   keep=("_check_loss_inputs", "_loss_stats")),  # validation and statistics
+            Module("flow", A2_FLOW),
+            Module("grpo", A2_GRPO, keep=("_check_loss_inputs", "_loss_stats")),  # checks, stats
         ),
         submit=("answers.md",),
     ),
     Assignment(
         name="a3_capture",
         title="Attention capture through transformers' AttentionInterface",
-        modules=(Module("capture", ("add_head_mean",), keep=ALL), Module("rollout", (), keep=ALL)),
+        # rollout.py too: its checks call rollout.generate, which must use the student's capture
+        modules=(Module("capture", A3_CAPTURE, keep=ALL), Module("rollout", (), keep=ALL)),
         data=("tiny/qwen3-arith",),
         submit=("answers.md",),
     ),
     Assignment(
         name="a4_experiment",
         title="An experiment: flow vs uniform credit over seeds, and the Table 1 intervention",
+        modules=(Module("flow", A1_FLOW + A2_FLOW + FUSED_SOLVE, keep=ALL),
+                 Module("grpo", A2_GRPO, keep=ALL), Module("capture", A3_CAPTURE, keep=ALL)),
         entry_points=("train.py", "analyze.py"),
         data=("tiny/qwen3-arith",),
         submit=("report.json", "report.md", "runs/"),
+        submit_modules=False,
         solution="solutions/a4_experiment",
     ),
 )
 BY_NAME = {a.name: a for a in ASSIGNMENTS}
-
-STUB = ('raise NotImplementedError("{module}.{function}: write it '
-        '(its docstring is the specification)")')
-
-
-class AssignmentError(Exception):
-    """The reference code no longer has what an assignment lists (or a handout cannot be built)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# rewriting one module with ast
-# --------------------------------------------------------------------------------------------------
-
-
-def bound_names(node: ast.stmt) -> list[str]:
-    """The module-level names a top-level statement defines (imports excluded)."""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return [node.name]
-    if isinstance(node, ast.Assign):
-        return [t.id for t in node.targets if isinstance(t, ast.Name)]
-    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-        return [node.target.id]
-    return []
-
-
-def _signature_parts(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.AST]:
-    """What of a stubbed function survives: decorators, defaults, annotations (not the body)."""
-    a = node.args
-    parts: list[ast.AST] = [*node.decorator_list, *a.defaults, *(d for d in a.kw_defaults if d)]
-    for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
-        if arg is not None and arg.annotation is not None:
-            parts.append(arg.annotation)
-    if node.returns is not None:
-        parts.append(node.returns)
-    return parts
-
-
-def referenced_names(nodes: Iterable[ast.AST]) -> set[str]:
-    """Every identifier read in the nodes (an over-approximation of the globals they use)."""
-    names = set()
-    for node in nodes:
-        for sub in ast.walk(node):
-            if isinstance(sub, ast.Name):
-                names.add(sub.id)
-            annotations = [getattr(sub, "annotation", None), getattr(sub, "returns", None)]
-            for ann in annotations:  # a string annotation ("Rollout") names a global too
-                if isinstance(ann, ast.Constant) and isinstance(ann.value, str):
-                    names |= referenced_names([ast.parse(ann.value, mode="eval")])
-    return names
-
-
-def _docstring_end(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int | None:
-    first = node.body[0]
-    is_doc = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
-    return first.end_lineno if is_doc and isinstance(first.value.value, str) else None
-
-
-def _start(node: ast.stmt) -> int:
-    decorators = getattr(node, "decorator_list", [])
-    return min([node.lineno, *(d.lineno for d in decorators)])
-
-
-def _comment_block_above(lines: list[str], start: int) -> int:
-    """First line (1-based) of the comment paragraph that belongs to the statement at line `start`:
-    the comment lines directly above it, or above one blank line unless they are a banner."""
-    def is_comment(i: int) -> bool:  # 1-based
-        return i >= 1 and lines[i - 1].startswith("#")
-
-    above = start - 1
-    if not is_comment(above) and not lines[above - 1].strip() and is_comment(above - 1):
-        above -= 1
-    first = above + 1
-    while is_comment(first - 1):
-        first -= 1
-    block = lines[first - 1 : above]
-    if not block or (above < start - 1 and any(line.startswith("# ---") for line in block)):
-        return start
-    return first
-
-
-def _import_text(node: ast.Import | ast.ImportFrom, keep: list[ast.alias]) -> str:
-    if isinstance(node, ast.Import):
-        return ast.unparse(ast.Import(names=keep))
-    return ast.unparse(ast.ImportFrom(module=node.module, names=keep, level=node.level))
-
-
-def _all_text(names: list[str]) -> str:
-    return "__all__ = [\n" + "".join(f'    "{n}",\n' for n in names) + "]"
-
-
-def rewrite(source: str, module: str, stubs: Sequence[str], keep: str | Sequence[str] = ALL,
-            message: str = STUB) -> str:
-    """The source of `module` with the bodies of `stubs` replaced by `raise NotImplementedError`.
-
-    Signatures, decorators, docstrings and comments above a function stay. keep=ALL keeps every
-    other top-level statement; a sequence of names keeps those names, whatever they and the stubs'
-    signatures refer to (transitively), the imports still used, the module docstring and
-    `from __future__` imports; `__all__` is cut to what is left. Raises AssignmentError naming a
-    listed function that is missing, is not a function, or has no docstring.
-    """
-    tree = ast.parse(source)
-    lines = source.splitlines()
-    top: dict[str, ast.stmt] = {}
-    for node in tree.body:
-        for name in bound_names(node):
-            top[name] = node
-    problems = []
-    for name in stubs:
-        node = top.get(name)
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            problems.append(f"no top-level function {name!r}")
-        elif _docstring_end(node) is None:
-            problems.append(f"{name!r} has no docstring (it is the students' specification)")
-    if keep != ALL:
-        problems += [f"no top-level name {n!r} (listed in keep)" for n in keep if n not in top]
-    if problems:
-        raise AssignmentError(f"{module}.py: " + "; ".join(problems))
-
-    if keep == ALL:
-        kept = set(tree.body)
-    else:
-        kept, todo, seen = set(), [*stubs, *keep], set()
-        while todo:
-            name = todo.pop()
-            if name in seen:
-                continue
-            seen.add(name)
-            node = top[name]
-            kept.add(node)
-            parts = _signature_parts(node) if name in stubs else [node]
-            todo += [n for n in referenced_names(parts) if n in top and n not in seen]
-    stub_nodes = {top[name] for name in stubs}
-    used = referenced_names(
-        part for node in kept for part in (_signature_parts(node) if node in stub_nodes else [node])
-    )
-
-    # edits: (first line, last line, replacement lines), 1-based inclusive, applied bottom-up
-    edits: list[tuple[int, int, list[str]]] = []
-    for i, node in enumerate(tree.body):
-        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
-            continue
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            if keep == ALL:
-                continue
-            names = [a for a in node.names if (a.asname or a.name).split(".")[0] in used]
-            if len(names) == len(node.names):
-                continue
-            new = [_import_text(node, names)] if names else []
-            edits.append((node.lineno, node.end_lineno, new))
-        elif node in stub_nodes:
-            body_indent = " " * node.body[0].col_offset
-            raise_line = body_indent + message.format(module=module, function=node.name)
-            edits.append((_docstring_end(node) + 1, node.end_lineno, [raise_line]))
-        elif bound_names(node) == ["__all__"] and keep != ALL:
-            names = [n for n in ast.literal_eval(node.value) if n in top and top[n] in kept]
-            edits.append((node.lineno, node.end_lineno, [_all_text(names)]))
-        elif node not in kept:
-            edits.append((_comment_block_above(lines, _start(node)), node.end_lineno, []))
-    for first, last, new in sorted(edits, reverse=True):
-        blank_around = 1 < first and last < len(lines) and not lines[first - 2].strip()
-        if not new and blank_around and not lines[last].strip():
-            last += 1  # a deleted statement takes one of the blank lines around it along
-        lines[first - 1 : last] = new
-    text = re.sub(r"\n{3,}(?=\S)", "\n\n\n", "\n".join(lines).rstrip("\n") + "\n")
-    text = _drop_empty_banners(text)
-    compile(text, f"{module}.py", "exec")  # the rewrite must stay valid Python
-    return text
-
-
-_BANNER = re.compile(r"^# -{20,}\n(?:# .*\n)*# -{20,}\n", re.MULTILINE)
-
-
-def _drop_empty_banners(text: str) -> str:
-    """Remove a section banner (# ---- / # title / # ----) with nothing under it."""
-    while True:
-        matches = list(_BANNER.finditer(text))
-        for m, nxt in zip(matches, [*matches[1:], None]):
-            end = nxt.start() if nxt else len(text)
-            if not text[m.end() : end].strip():
-                text = (text[: m.start()] + text[end:]).rstrip("\n") + "\n"
-                text = re.sub(r"\n{3,}(?=\S)", "\n\n\n", text)
-                break
-        else:
-            return text
-
-
-# --------------------------------------------------------------------------------------------------
-# what a handout must carry: local imports, third-party requirements
-# --------------------------------------------------------------------------------------------------
-
-
-def _imports(path: Path) -> list[tuple[str, bool]]:
-    """(top-level module name, imported at module level outside try) for every import in a file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for n in ast.walk(t)}
-    at_top = {id(n) for n in tree.body}
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        required = id(node) in at_top and id(node) not in guarded
-        found += [(name.split(".")[0], required) for name in names]
-    return found
-
-
-def _local(name: str, root: Path) -> Path | None:
-    """The file or package folder of `root` that a top-level import name refers to, if any."""
-    if (root / f"{name}.py").is_file():
-        return root / f"{name}.py"
-    if (root / name / "__init__.py").is_file():
-        return root / name
-    return None
-
-
-def _python_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return sorted(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
-
-
-def dependencies(start: Iterable[Path], root: Path = ROOT) -> tuple[list[Path], dict[str, bool]]:
-    """Files/packages of `root` reachable by imports from `start` (themselves included), and the
-    other non-standard top-level names they import, mapped to whether some import is required."""
-    todo, local, third = list(start), set(), {}
-    while todo:
-        path = todo.pop()
-        if path in local:
-            continue
-        local.add(path)
-        for py in _python_files(path):
-            for name, required in _imports(py):
-                target = _local(name, root)
-                if target is not None:
-                    todo.append(target)
-                elif name not in sys.stdlib_module_names:
-                    third[name] = third.get(name, False) or required
-    return sorted(local), third
-
-
-def _pinned() -> dict[str, str]:
-    """import name -> the requirement line of the repository's requirements.txt."""
-    pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            pip_name = re.split(r"[<>=!~\[; ]", line, maxsplit=1)[0]
-            pins[pip_name.lower().replace("-", "_")] = line
-    return pins
-
-
-PROVIDED_BY = {"tokenizers": "transformers", "safetensors": "transformers"}  # installed with it
-
-
-def requirements(third: dict[str, bool]) -> list[str]:
-    """Requirement lines (as pinned in requirements.txt) for the imported third-party modules.
-
-    An optional import (inside a function or try) that requirements.txt does not list is left out
-    (e.g. tensorboard, datasets); a required one that it does not list is an error.
-    """
-    pins, lines, missing = _pinned(), set(), []
-    for name, required in sorted(third.items()):
-        name = PROVIDED_BY.get(name, name)
-        if name in pins:
-            lines.add(pins[name])
-        elif required:
-            missing.append(name)
-    if missing:
-        raise AssignmentError(f"imported but not in requirements.txt: {', '.join(missing)}")
-    return sorted(lines, key=str.lower)
-
-
-# --------------------------------------------------------------------------------------------------
-# the checks: tests and points, read with ast (no import, no torch)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckInfo:
-    name: str
-    points: float
-    visibility: str
-    doc: str
-
-
-def check_infos(source: str) -> list[CheckInfo]:
-    """The tests of a checks file in order: the functions decorated with @check(points, ...)."""
-    infos = []
-    for node in ast.parse(source).body:
-        if not isinstance(node, ast.FunctionDef):
-            continue
-        for dec in node.decorator_list:
-            if isinstance(dec, ast.Call) and getattr(dec.func, "id", None) == "check":
-                kw = {k.arg: ast.literal_eval(k.value) for k in dec.keywords}
-                points = ast.literal_eval(dec.args[0]) if dec.args else kw["points"]
-                doc = (ast.get_docstring(node) or node.name).split("\n\n")[0].replace("\n", " ")
-                infos.append(CheckInfo(node.name, points, kw.get("visibility", "visible"), doc))
-    return infos
-
-
-def visible_checks(source: str) -> str:
-    """The checks file students get: the visible tests and what they use, nothing else."""
-    visible = [c.name for c in check_infos(source) if c.visibility == "visible"]
-    return rewrite(source, "checks", stubs=(), keep=visible)
-
 
 # --------------------------------------------------------------------------------------------------
 # writing a handout
@@ -461,11 +169,32 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def build(assignment: Assignment, out: Path, solutions: bool = False,
+def _documents(py_files: list[Path], folder: Path) -> list[tuple[str, str | None]]:
+    """Copy the documents the docstrings of `py_files` point to (README.md is the handout's own);
+    returns every pointer (document, section or None)."""
+    pointers = sorted({p for path in py_files for p in doc_pointers(path.read_text("utf-8"))})
+    for doc, _ in pointers:
+        if doc != "README.md":
+            if not (ROOT / doc).is_file():
+                raise AssignmentError(f"a docstring points to {doc}, which the repository lacks")
+            _copy(ROOT / doc, folder / doc)
+    return pointers
+
+
+def _check_pointers(folder: Path, pointers: list[tuple[str, str | None]]) -> None:
+    """Every section a shipped docstring points to is in the handout."""
+    for doc, section in pointers:
+        if section and not has_section((folder / doc).read_text("utf-8"), section):
+            raise AssignmentError(f"{folder.name}: a docstring points to the {section!r} section "
+                                  f"of {doc}, which the handout's {doc} lacks")
+
+
+def build(assignment: Assignment, out: Path, solutions: bool = False, release: bool = False,
           full_checks: bool = False) -> Path:
     """Write the handout of `assignment` into out/<name> (replaced if it exists); returns it.
 
-    solutions: the reference modules (and the solution folder) in place of the stubs.
+    release: the reference modules in place of the stubs (after the a1-a3 deadlines).
+    solutions: the same and the solution folder (a4's results).
     full_checks: ship every check, hidden ones included (the Gradescope autograder).
     """
     folder = out / assignment.name
@@ -475,7 +204,8 @@ def build(assignment: Assignment, out: Path, solutions: bool = False,
     sources = {m.name: (ROOT / f"{m.name}.py").read_text(encoding="utf-8")
                for m in assignment.modules}
     for m in assignment.modules:
-        text = sources[m.name] if solutions else rewrite(sources[m.name], m.name, m.stubs, m.keep)
+        reference = solutions or release
+        text = sources[m.name] if reference else rewrite(sources[m.name], m.name, m.stubs, m.keep)
         (folder / f"{m.name}.py").write_text(text, encoding="utf-8")
 
     # what the reference modules and entry points need (the full reference module, so that copying
@@ -487,6 +217,7 @@ def build(assignment: Assignment, out: Path, solutions: bool = False,
     for path in local:
         if path.name not in student:
             _copy(path, folder / path.relative_to(ROOT))
+    pointers = _documents([f for path in local for f in python_files(path)], folder)
     for item in assignment.data:
         if not (ROOT / item).exists():
             raise AssignmentError(f"{assignment.name}: data {item!r} is not in the repository")
@@ -512,7 +243,7 @@ def build(assignment: Assignment, out: Path, solutions: bool = False,
         "assignment": assignment.name,
         "title": assignment.title,
         "student_files": sorted(student),
-        "submit": sorted(student) + list(assignment.submit),
+        "submit": sorted(student) * assignment.submit_modules + list(assignment.submit),
     }
     (folder / "handout.json").write_text(json.dumps(manifest, indent=2) + "\n")
     template_path = COURSE / "handouts" / f"{assignment.name}.md"
@@ -524,6 +255,7 @@ def build(assignment: Assignment, out: Path, solutions: bool = False,
     }
     readme = _fill(template_path.read_text(encoding="utf-8"), sections, template_path)
     (folder / "README.md").write_text(readme, encoding="utf-8")
+    _check_pointers(folder, pointers)
     return folder
 
 
@@ -581,13 +313,16 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="folder to write one handout folder per assignment into")
     ap.add_argument("--only", nargs="+", choices=sorted(BY_NAME), help="these assignments only")
-    ap.add_argument("--solutions", action="store_true", help="the reference solutions, no stubs")
+    ap.add_argument("--release", action="store_true",
+                    help="after the a1-a3 deadlines: the reference modules in place of the stubs")
+    ap.add_argument("--solutions", action="store_true",
+                    help="every reference solution in place, a4's results included")
     ap.add_argument("--autograder", type=Path, help="also write Gradescope autograder zips here")
     args = ap.parse_args(argv)
     chosen = [BY_NAME[n] for n in args.only] if args.only else list(ASSIGNMENTS)
     try:
         for a in chosen:
-            folder = build(a, args.out, solutions=args.solutions)
+            folder = build(a, args.out, solutions=args.solutions, release=args.release)
             print(f"wrote {folder}/ ({a.title})")
             if args.autograder:
                 path = autograder_zip(a, args.autograder, args.autograder / ".build")

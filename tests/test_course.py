@@ -1,12 +1,14 @@
-"""The course kit (course/, issue 12): generated handouts, the autograder, the seeded bugs.
+"""The course kit (course/, issues 12 and 24): generated handouts, the autograder, the seeded bugs.
 
 For every assignment: the untouched stubs score 0 of N, the reference solutions N of N, every
 seeded bug loses points, the handout runs from a copy far from the repository, and two builds are
 byte-identical. The grader grades the handout's files only: a reference module already imported or
-on sys.path cannot stand in for a student's.
+on sys.path cannot stand in for a student's. No handout holds an answer of a1-a3 before --release,
+every module of a handout imports, and every section its docstrings point to is there.
 """
 
 import ast
+import importlib
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ sys.path.insert(0, str(ROOT / "course"))
 import bugs
 import grade
 import make
+import sources
 
 NAMES = [a.name for a in make.ASSIGNMENTS]
 
@@ -161,13 +164,13 @@ def test_handout_files(stubs):
                 assert ast.unparse(s.returns or none) == ast.unparse(r.returns or none)
                 assert ast.get_docstring(s) == ast.get_docstring(r)
                 assert len(s.body) == 2 and isinstance(s.body[1], ast.Raise)
-            if m.keep != make.ALL:
+            if m.keep != sources.ALL:
                 # no fused path, no helper that solves it
                 assert set(student) == set(m.stubs) | set(m.keep)
         shipped = (folder / "checks" / f"{a.name}.py").read_text()
         full = (ROOT / "course" / "checks" / f"{a.name}.py").read_text()
-        assert all(c.visibility == "visible" for c in make.check_infos(shipped))
-        assert len(make.check_infos(shipped)) < len(make.check_infos(full))
+        assert all(c.visibility == "visible" for c in sources.check_infos(shipped))
+        assert len(sources.check_infos(shipped)) < len(sources.check_infos(full))
         pins = set((ROOT / "requirements.txt").read_text().splitlines())
         assert set((folder / "requirements.txt").read_text().splitlines()) <= pins
     assert "def slow_flow" not in (stubs / "a1_flow" / "checks" / "a1_flow.py").read_text()
@@ -176,14 +179,14 @@ def test_handout_files(stubs):
 
 def test_missing_functions_fail_loudly():
     source = (ROOT / "flow.py").read_text()
-    with pytest.raises(make.AssignmentError, match="flow.py: no top-level function 'potentail'"):
-        make.rewrite(source, "flow", ("influence_graph", "potentail"), ())
-    with pytest.raises(make.AssignmentError, match="no top-level name 'gone'"):
-        make.rewrite(source, "flow", ("influence_graph",), ("gone",))
-    with pytest.raises(make.AssignmentError, match="'f' has no docstring"):
-        make.rewrite("def f(x):\n    return x\n", "m", ("f",), ())
+    with pytest.raises(sources.AssignmentError, match="flow.py: no top-level function 'potentail'"):
+        sources.rewrite(source, "flow", ("influence_graph", "potentail"), ())
+    with pytest.raises(sources.AssignmentError, match="no top-level name 'gone'"):
+        sources.rewrite(source, "flow", ("influence_graph",), ("gone",))
+    with pytest.raises(sources.AssignmentError, match="'f' has no docstring"):
+        sources.rewrite("def f(x):\n    return x\n", "m", ("f",), ())
     bug = bugs.Bug("a1_flow", "x", "x", "flow", "potential", (("no such text", ""),))
-    with pytest.raises(make.AssignmentError, match="occurs 0 times in flow.potential"):
+    with pytest.raises(sources.AssignmentError, match="occurs 0 times in flow.potential"):
         bugs.patched_source(bug)
 
 
@@ -195,13 +198,13 @@ def test_rewrite_keeps_what_is_used():
         "    return helper(x) * n\n\n\n"
         "def unrelated():\n    return os.getcwd()\n"
     )
-    out = make.rewrite(source, "m", ("f",), ())
+    out = sources.rewrite(source, "m", ("f",), ())
     assert out == (
         '"""Doc."""\n\nLIMIT = 3\n\n\n'
         '# about f\ndef f(x: int, n: int = LIMIT) -> float:\n    """Spec of f."""\n'
         '    raise NotImplementedError("m.f: write it (its docstring is the specification)")\n'
     )
-    kept = make.rewrite(source, "m", ("f",), ("helper",))
+    kept = sources.rewrite(source, "m", ("f",), ("helper",))
     assert "def helper" in kept and "import math" in kept and "import os" not in kept
 
 
@@ -227,9 +230,10 @@ def test_handout_runs_without_the_repository(tmp_path, name):
     what its files import is in it or in its requirements.txt."""
     built = bugs.solution_handout(name, tmp_path / "build")
     folder = shutil.copytree(built, tmp_path / "far" / name)
-    _, third = make.dependencies([*folder.glob("*.py"), *folder.glob("checks/*.py")], root=folder)
+    files = [*folder.glob("*.py"), *folder.glob("checks/*.py")]
+    _, third = sources.dependencies(files, root=folder)
     listed = set((folder / "requirements.txt").read_text().splitlines())
-    assert set(make.requirements(third)) <= listed  # a missing local module would show up here
+    assert set(sources.requirements(third)) <= listed  # a missing local module would show up here
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -244,3 +248,76 @@ def test_handout_runs_without_the_repository(tmp_path, name):
     scripts = [Path(s).stem for s in make.BY_NAME[name].entry_points]
     if scripts:  # what students run imports (`python -I` puts no folder on sys.path for -c)
         run("-c", f"import sys; sys.path.insert(0, '.'); import {', '.join(scripts)}")
+
+
+def _body(source: str, function: str) -> str:
+    """The body of a top-level function (after its docstring), as written."""
+    node = next(n for n in ast.parse(source).body
+                if isinstance(n, ast.FunctionDef) and n.name == function)
+    return "\n".join(source.splitlines()[node.body[1].lineno - 1 : node.end_lineno])
+
+
+def test_no_answer_before_release(stubs, tmp_path):
+    """No handout ships the body of a function that a1-a3 assign (nor of the helpers a4 empties),
+    in any file; `--release` puts the reference modules in, without a4's results."""
+    assigned = {(m.name, f) for a in make.ASSIGNMENTS for m in a.modules for f in m.stubs}
+    bodies = {(mod, f): _body((ROOT / f"{mod}.py").read_text(), f) for mod, f in assigned}
+    for a in make.ASSIGNMENTS:
+        for py in (stubs / a.name).rglob("*.py"):
+            text = py.read_text()
+            leaked = [f"{mod}.{f}" for (mod, f), body in bodies.items() if body in text]
+            assert not leaked, f"{a.name}/{py.relative_to(stubs / a.name)} holds {leaked}"
+    a4 = make.BY_NAME["a4_experiment"]
+    released = make.build(a4, tmp_path, release=True)
+    for m in a4.modules:
+        assert (released / f"{m.name}.py").read_text() == (ROOT / f"{m.name}.py").read_text()
+    assert not (released / "report.json").exists() and not (released / "runs").exists()
+    a4_stubs = {m.name: set(m.stubs) for m in a4.modules}
+    for a in make.ASSIGNMENTS[:3]:  # a4 empties every function a1-a3 assign ...
+        for m in a.modules:
+            assert set(m.stubs) <= a4_stubs[m.name]
+    for m in a4.modules:  # ... and nothing else: pasting their bodies back gives the reference
+        text = (stubs / a4.name / f"{m.name}.py").read_text()
+        for f in m.stubs:
+            stub = sources.STUB.format(module=m.name, function=f)
+            line = next(x for x in text.splitlines() if x.strip() == stub)
+            text = text.replace(line + "\n", bodies[m.name, f] + "\n")
+        assert text == (ROOT / f"{m.name}.py").read_text()
+
+
+def test_handout_modules_import_and_hold_the_tools_of_the_reference(stubs):
+    """Every module of every untouched handout imports; a stub module binds every imported name
+    the reference body of its stubs uses (a2's flow.py once lacked `import torch`)."""
+    for a in make.ASSIGNMENTS:
+        folder = stubs / a.name
+        files = sorted(p.name for p in folder.glob("*.py") if p.stem not in grade.GRADER_MODULES)
+        with grade.isolated(folder, files) as (modules, errors):
+            assert not errors, errors
+            for package in folder.glob("*/__init__.py"):  # analysis/ in a4
+                imported = importlib.import_module(package.parent.name)
+                assert Path(imported.__file__).parent == package.parent
+            for m in a.modules:
+                ref = ast.parse((ROOT / f"{m.name}.py").read_text())
+                imported = {(x.asname or x.name).split(".")[0] for node in ref.body
+                            if isinstance(node, (ast.Import, ast.ImportFrom)) for x in node.names}
+                for f in m.stubs:
+                    node = next(n for n in ref.body if getattr(n, "name", None) == f)
+                    needed = sources.referenced_names([node]) & imported
+                    missing = sorted(n for n in needed if not hasattr(modules[m.name], n))
+                    assert not missing, f"{a.name}/{m.name}.py lacks {missing} (used by {f})"
+
+
+def test_docstring_pointers_resolve(stubs):
+    """Every document and section that a docstring of a handout's files points to is in it
+    (the a1 handout has the "Conventions" section flow.py's docstring names)."""
+    seen = 0
+    for a in make.ASSIGNMENTS:
+        folder = stubs / a.name
+        for py in folder.rglob("*.py"):
+            for doc, section in sources.doc_pointers(py.read_text()):
+                seen += 1
+                assert (folder / doc).is_file(), f"{a.name}/{py.name} points to missing {doc}"
+                if section:
+                    assert sources.has_section((folder / doc).read_text(), section), (doc, section)
+    assert seen >= 4  # flow.py's Conventions in a1, a2 and a4, docs/credit.md in a4, ...
+    assert "## Conventions" in (stubs / "a1_flow" / "README.md").read_text()

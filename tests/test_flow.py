@@ -186,6 +186,25 @@ def test_theorem_3_1_rows_of_reweighted_graph_sum_to_one():
     assert rows[~live].abs().max() == 0  # answer rows, dead ends and tokens after the answer
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("tiny", [1e-7, 1e-12, 1e-30])
+def test_theorem_3_1_holds_for_potentials_far_below_any_threshold(tiny, dtype):
+    """Theorem 3.1 holds for any node with h(i) > 0: a potential of 1e-7 or 1e-30 is no dead end."""
+    # 0 (prompt) -> 1 -> 3 (answer) with W[0, 1] = tiny: h = [tiny, 1, 0, 1], and W'[0, 1] = 1, so
+    # the whole unit of flow reaches the answer. A guard h > 1e-6 (or 1 / (h + eps)) loses it.
+    W = torch.zeros(4, 4, dtype=torch.float64)
+    W[0, 1], W[1, 3], W[0, 2] = tiny, 1.0, 0.5  # token 2 is a dead end
+    prompt, answer = masks(4, 1, [3])
+    h = flow.potential(W, answer, dtype=dtype)
+    assert h.tolist() == pytest.approx([tiny, 1.0, 0.0, 1.0], rel=1e-6, abs=0)
+    Wp = flow.reweight(W.to(dtype), h, answer)
+    assert Wp[0, 1].item() == pytest.approx(1.0, rel=1e-6) and Wp[0, 2] == 0  # row 0 sums to 1
+    f = flow.forward_flow(Wp, prompt)
+    assert f[3].item() == pytest.approx(1.0, rel=1e-6)
+    field = flow.trace(W, prompt, answer, dtype=dtype)  # the fused path agrees
+    torch.testing.assert_close(field.f, f, rtol=1e-6, atol=0)
+
+
 def test_conservation_answer_receives_what_live_prompt_tokens_inject():
     """Influence is neither created nor destroyed: the answer gets what the live prompt injects."""
     g = torch.Generator().manual_seed(5)

@@ -38,6 +38,20 @@ def test_group_advantages_hand_computed_population_std():
     torch.testing.assert_close((g ** 2).mean(1), torch.ones(5), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_groups_get_exactly_zero_whatever_the_rounding(dtype):
+    """A group whose rewards are all equal carries no signal: exactly 0, even where the float mean
+    of the rewards is not the reward (7 x 0.1 in float32: the eps alone would give -0.007)."""
+    for value in (0.1, 1 / 3, 0.7, 2 / 3, 0.3, 1e-3):
+        for G in (2, 3, 5, 7, 8, 16, 64):
+            constant = torch.full((G,), value, dtype=dtype)
+            assert torch.equal(grpo.group_advantages(constant, G), torch.zeros(G)), (value, G)
+            real = torch.linspace(0, 1, G, dtype=dtype)  # with a non-constant group next to it
+            a = grpo.group_advantages(torch.cat([constant, real]), G)
+            assert torch.equal(a[:G], torch.zeros(G)), (value, G, dtype)
+            assert (a[G:] ** 2).mean().item() == pytest.approx(1, abs=1e-4)
+
+
 # --------------------------------------------------------------------------------------------------
 # policy_loss (eq. (5)/(11))
 # --------------------------------------------------------------------------------------------------
@@ -140,6 +154,23 @@ def test_dual_clip_floor_value():
     assert loss(-1.0) == pytest.approx(3.0)
     assert loss(-1.0, dual_clip=None) == pytest.approx(10.0)
     assert loss(1.0) == pytest.approx(-1.2)
+
+
+@pytest.mark.parametrize(("r", "a", "gamma", "term"), [
+    (5.0, -2.5, 1.0, -6.0),   # A' = clamp(A, -2, 2) = -2: min(-10, -2.4) = -10, floor 3 A' = -6
+    (5.0, -1.0, 1.5, -4.5),   # floor 3 A = -3, then gamma: -4.5 (not max(1.5 * -5, -3) = -3)
+    (5.0, -2.5, 1.5, -9.0),   # both: 1.5 * max(-10, 3 * -2)
+    (5.0, -3.0, 0.5, -3.0),   # 0.5 * max(-10, -6)
+    (2.0, -2.5, 1.5, -6.0),   # min(-4, -2.4) = -4 above the floor -6: 1.5 * -4
+    (5.0, 2.5, 1.5, 1.5 * 1.2 * 2),  # A > 0: no floor, clip at 1 + eps of the clipped A
+])
+def test_dual_clip_floor_with_gamma_and_advantage_clip(r, a, gamma, term):
+    """The floor is dual_clip * A' of the clipped advantage A', inside gamma's product:
+    j = gamma * max(min(r A', clip(r) A'), 3 A') for A' < 0."""
+    logp, old = _log([[r]]), torch.zeros(1, 1)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    loss, _ = grpo.policy_loss(logp, old, torch.tensor([a]), torch.tensor([[gamma]]), mask)
+    assert -loss.item() == pytest.approx(term, rel=1e-6)
 
 
 def _plain_grpo(logp, old, adv, mask, eps=0.2):

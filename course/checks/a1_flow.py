@@ -6,7 +6,7 @@ paper in plain Python floats (`slow_flow`), and test properties on random attent
 """
 
 import torch
-from grade import Failure, check, expect, expect_close, fmt
+from grade import Failure, check, expect, expect_close, fmt, fmt_pair, relative_error
 
 # --------------------------------------------------------------------------------------------------
 # the hand example (worked out in the handout): 5 tokens, prompt {0}, answer {3}, token 4 after it
@@ -57,8 +57,9 @@ def row_sums_message(Wp: torch.Tensor, rows: torch.Tensor) -> str | None:
         return None
     idx = tuple(bad.nonzero()[0].tolist())
     row = idx[-1] if len(idx) == 1 else idx
-    return (f"row {row} of W' sums to {fmt(sums[idx])}, Theorem 3.1 says 1 "
-            "(every non-answer token with h > 0 passes on all of its flow)")
+    total = fmt_pair(sums[idx], 1)[0]
+    return (f"row {row} of W' sums to {total} (relative error {relative_error(sums[idx], 1):.1e}), "
+            "Theorem 3.1 says 1 (every non-answer token with h > 0 passes on all of its flow)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,6 +212,27 @@ def test_potential_satisfies_eq_2(flow):
     expect(h32.dtype == torch.float32, f"potential(..., dtype=torch.float32) returned {h32.dtype}")
 
 
+@check(2, visibility="after_due_date")
+def test_tiny_potentials_are_potentials(flow):
+    """reweight, forward_flow: Theorem 3.1 for every h > 0, even h = 1e-7 or 1e-30 (no threshold)"""
+    for dtype in (torch.float64, torch.float32):
+        for tiny in (1e-7, 1e-12, 1e-30):
+            W = torch.zeros(4, 4, dtype=torch.float64)
+            W[0, 1], W[1, 3], W[0, 2] = tiny, 1.0, 0.5  # 0 -> 1 -> 3 (answer); 2 is a dead end
+            answer = torch.tensor([False, False, False, True])
+            h = flow.potential(W, answer, dtype=dtype)
+            expect(float(h[0]) > 0, f"h(0) = {fmt(h[0])} with W[0, 1] = {tiny:g}, W[1, 3] = 1 "
+                   f"({dtype}): eq. (2) gives h(0) = {tiny:g}, positive")
+            Wp = flow.reweight(W.to(dtype), h, answer)
+            expect(abs(float(Wp[0].sum()) - 1) < 1e-5, f"row 0 of W' sums to {fmt(Wp[0].sum())} "
+                   f"with h(0) = {fmt(h[0])} ({dtype}): Theorem 3.1 holds for every h(i) > 0, "
+                   "however small; only h(i) = 0 gives a zero row (no threshold such as 1e-6, no "
+                   "eps added to h)")
+            f = flow.forward_flow(Wp, torch.tensor([True, False, False, False]))
+            expect(abs(float(f[3]) - 1) < 1e-5, f"the answer receives {fmt(f[3])} of the flow with "
+                   f"h(0) = {fmt(h[0])} ({dtype}): all of the source's unit must reach it")
+
+
 @check(1, visibility="after_due_date")
 def test_answer_tokens_absorb(flow):
     """potential: an answer token read by a later answer token still has h = 1"""
@@ -238,8 +260,17 @@ def test_potential_long_sequence_exact(flow):
         row = Wd[i].tolist()
         expected[i] = 1.0 if answer[i] else sum(row[k] * expected[k] for k in range(i + 1, T))
     expect(bool(torch.isfinite(h).all()), "h has NaN or inf on a long sequence")
-    expect_close(h, torch.tensor(expected, dtype=torch.float64), "h on T = 300 (float64 solve of a "
-                 "float32 W: solve in the requested dtype, not in W's)", atol=0, rtol=1e-9)
+    expected = torch.tensor(expected, dtype=torch.float64)
+    on_answer = h[answer]
+    expect(bool(((on_answer - 1).abs() < 1e-9).all()), f"h on the answer tokens 290-292 is "
+           f"{[fmt(x) for x in on_answer]}: answer tokens absorb, h = 1 there (their own out-edges "
+           "to the later answer tokens do not count)")
+    rel = ((h.double() - expected).abs() / expected.abs().clamp(min=1e-300)).max().item()
+    why = ("float32 precision: solve in the requested dtype (float64 here), whatever W's dtype, "
+           "not in W's float32" if 1e-9 < rel < 1e-3 else "eq. (2) does not hold on a long "
+           "sequence")
+    expect_close(h, expected, f"h on T = 300 (a float32 W, dtype float64; {why})", atol=0,
+                 rtol=1e-9)
 
 
 @check(2, visibility="after_due_date")

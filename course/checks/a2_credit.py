@@ -88,6 +88,11 @@ def test_constant_group_is_zero(grpo):
     expect(bool(torch.isfinite(a).all()), f"advantages {a.tolist()} hold NaN or inf: a constant "
            "group has std 0")
     expect(bool((a == 0).all()), f"advantages of two constant groups are {a.tolist()}, expected 0")
+    a = grpo.group_advantages(torch.full((7,), 0.1), group_size=7)
+    expect(bool((a == 0).all()), f"advantages of 7 rewards of 0.1 are {fmt(a.abs().max())} at "
+           "most, expected exactly 0: in float32 their mean is not exactly 0.1, so r - mean and "
+           "the std are tiny but not 0; neither the eps nor a test std == 0 gives 0 (compare the "
+           "rewards themselves)")
 
 
 @check(2)
@@ -176,6 +181,28 @@ def test_defaults_are_the_papers(flow):
 
 
 @check(2, visibility="after_due_date")
+def test_constant_groups_not_exact_in_float(grpo):
+    """group_advantages: constant groups (0.1, 1/3, 0.7, ...; G = 2..16; float32, float64) give 0"""
+    for dtype in (torch.float32, torch.float64):
+        for value in (0.1, 1 / 3, 0.7, 2 / 3, 0.3):
+            for G in (2, 3, 5, 7, 8, 16):
+                alone = torch.full((G,), value, dtype=dtype)
+                rewards = torch.cat([alone, torch.linspace(0, 1, G, dtype=dtype)])  # + real group
+                a = grpo.group_advantages(rewards, group_size=G)
+                worst = max(float(a[:G].abs().max()),
+                            float(grpo.group_advantages(alone, group_size=G).abs().max()))
+                expect(worst == 0, f"G = {G} rewards of {value:.4g} ({dtype}): advantage "
+                       f"{fmt(worst)}, expected exactly 0. The float mean of equal rewards need "
+                       "not equal them (7 x 0.1 in float32), so r - mean and the std are tiny but "
+                       "not 0: neither the eps nor a test std == 0 gives 0 (compare the rewards "
+                       "themselves)")
+                g = a[G:].double()
+                expect(abs(float((g * g).mean()) - 1) < 1e-3, f"G = {G}: the non-constant group "
+                       f"next to the constant one has mean(A^2) = {fmt((g * g).mean())}, expected "
+                       "1 (population std)")
+
+
+@check(2, visibility="after_due_date")
 def test_groups_are_consecutive_rows(grpo):
     """group_advantages: rows i*G .. i*G+G-1 form group i; mean 0 and mean(A^2) = 1 per group"""
     r = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.5, 0.2, 0.9, 0.4])
@@ -226,6 +253,32 @@ def test_dual_clip(grpo):
 
 
 @check(2, visibility="after_due_date")
+def test_dual_clip_with_gamma_and_advantage_clip(grpo):
+    """policy_loss: the dual-clip floor uses the clipped advantage, and gamma multiplies it too"""
+    cases = [  # r, A, gamma, objective term: gamma * max(min(r A', clip(r) A'), 3 A')
+        (5.0, -2.5, 1.0, -6.0, "A' = clamp(-2.5, -2, 2) = -2; min(-10, -2.4) = -10 < 3 A' = -6"),
+        (5.0, -1.0, 1.5, -4.5, "min(-5, -1.2) = -5, floored at 3 A = -3, times gamma 1.5"),
+        (5.0, -2.5, 1.5, -9.0, "A' = -2; floored at 3 A' = -6, times gamma 1.5"),
+        (5.0, -3.0, 0.5, -3.0, "A' = -2; floored at -6, times gamma 0.5"),
+        (2.0, -2.5, 1.5, -6.0, "A' = -2; min(-4, -2.4) = -4 is above the floor -6; times 1.5"),
+    ]
+    for r, adv, gamma, j, why in cases:
+        got = -one_token(grpo, r, adv, gamma)
+        if abs(got - j) < 1e-6:
+            continue
+        clipped = max(adv, -2.0)  # A' (all cases have A < 0)
+        term = min(r * clipped, 1.2 * clipped)
+        if adv < -2 and abs(got - gamma * max(term, 3 * adv)) < 1e-6:
+            hint = "the floor is taken from the advantage before its clip (3 A, not 3 A')"
+        elif gamma != 1 and abs(got - max(gamma * term, 3 * clipped)) < 1e-6:
+            hint = "the floor is applied after gamma; gamma multiplies the floored term"
+        else:
+            hint = "wrong term"
+        expect(False, f"r = {r}, A = {adv}, gamma = {gamma}: term {fmt(got)}, expected {j}: "
+               f"{hint} (expected: {why})")
+
+
+@check(2, visibility="after_due_date")
 def test_aggregation(grpo):
     """policy_loss: seq-mean averages per sequence then over sequences; token-mean over tokens"""
     logp = torch.zeros(2, 4)
@@ -235,7 +288,7 @@ def test_aggregation(grpo):
     seq, _ = loss_of(grpo, logp, logp.clone(), adv, gamma, mask)
     tok, _ = loss_of(grpo, logp, logp.clone(), adv, gamma, mask, aggregation="token-mean")
     expect(abs(float(seq) + (1.5 - 5.0 / 4) / 2) < 1e-6, f"seq-mean loss {fmt(seq)}, expected "
-           "-(1.5 / 1 + (-5) / 4) / 2 = -0.125 (1/N_i per sequence, then 1/G)")
+           "-(1.5 / 1 + (-5) / 4) / 2 = -0.125 (1/N_i per sequence, then 1/B over the B = 2 rows)")
     expect(abs(float(tok) + (1.5 - 5.0) / 5) < 1e-6, f"token-mean loss {fmt(tok)}, expected "
            "-(1.5 - 5) / 5 = 0.7 (all response tokens together)")
 

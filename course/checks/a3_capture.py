@@ -10,19 +10,19 @@ import functools
 from pathlib import Path
 
 import torch
-from grade import check, expect, expect_close, fmt
+from grade import check, expect, expect_close, fmt, fmt_pair
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPTS = ["Compute 3+4*2-5.", "Compute 7-2*3+1*4."]
 
 
 @functools.cache
-def tiny(handout: Path):
+def tiny(handout: Path, dtype: torch.dtype = torch.float32):
     """The shipped tiny Qwen3 (4 layers, 4 query heads over 2 KV heads) and its tokenizer."""
     folder = handout / "tiny" / "qwen3-arith"
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
-    return model, tokenizer
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", dtype=dtype)
+    return model.eval(), tokenizer
 
 
 def encode(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +43,7 @@ def eager(model, input_ids, attention_mask, layers) -> torch.Tensor:
                         position_ids=position_ids, output_attentions=True, use_cache=False)
     finally:
         model.set_attn_implementation("sdpa")
-    mean = torch.stack([out.attentions[layer] for layer in layers]).mean(dim=(0, 2))  # [N, T, T]
+    mean = torch.stack([out.attentions[layer].float() for layer in layers]).mean(dim=(0, 2))
     valid = attention_mask.bool()
     return mean * (valid[:, :, None] & valid[:, None, :])
 
@@ -57,6 +57,22 @@ def padded_batch(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
     mask[2, :1] = 0
     mask[2, -2:] = 0
     return ids, mask
+
+
+def expect_rows_sum_to_one(attn: torch.Tensor, heads: int, where: str = "") -> None:
+    """Every row of a [T, T] captured map sums to 1, with a hint that depends on the sum found."""
+    sums = attn.double().sum(-1)
+    worst = int((sums - 1).abs().argmax())
+    total = float(sums[worst])
+    if abs(total - heads) < 1e-3:
+        hint = f"the {heads} heads are summed, not averaged"
+    elif abs(total - 1) < 1e-2:
+        hint = ("close to 1 but not within float32 rounding: the softmax must run in float32, "
+                "whatever the model's dtype")
+    else:
+        hint = "each head's row is a softmax over the keys (the last dim of Q K^T)"
+    expect(abs(total - 1) < 1e-5, f"row {worst}{where} sums to {fmt_pair(total, 1)[0]}, "
+           f"expected 1 (the mean over heads of softmax rows): {hint}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,12 +101,8 @@ def test_rows_are_distributions(capture, handout):
     upper = got.triu(1).abs().max()
     expect(float(upper) == 0, f"entry above the diagonal is {fmt(upper)}: a query never attends "
            "to a later key (row = query, column = key)")
-    sums = got.sum(-1)
-    worst = int((sums - 1).abs().argmax())
-    expect(abs(float(sums[worst]) - 1) < 1e-5,
-           f"row {worst} sums to {fmt(sums[worst])}, expected 1: the mean over heads of softmax "
-           f"rows sums to 1 (a sum over the {model.config.num_attention_heads} heads gives "
-           f"{model.config.num_attention_heads})")
+    expect_rows_sum_to_one(got, model.config.num_attention_heads)
+
 
 
 @check(2)
@@ -156,6 +168,22 @@ def test_sampling_unchanged(rollout, handout):
     same = on.input_ids.shape == off.input_ids.shape and torch.equal(on.input_ids, off.input_ids)
     expect(same, "the sampled tokens differ with capture on and off (same seed): the capture "
            "must only read query and key, never write to them (the key is the KV cache)")
+
+
+@check(2, visibility="after_due_date")
+def test_bf16_model(rollout, handout):
+    """the tiny model in bf16: the capture equals bf16 eager attention, softmax in float32"""
+    model, _ = tiny(handout, torch.bfloat16)
+    ids, mask = padded_batch(model.config.vocab_size)
+    got = rollout.capture_attention(model, ids, mask, layers=[0])
+    expect(got.dtype == torch.float32, f"the captured map is {got.dtype}, expected float32")
+    valid = mask.bool()
+    for n in range(len(ids)):
+        real = got[n][valid[n]][:, valid[n]]  # the rows and columns of real tokens
+        expect_rows_sum_to_one(real, model.config.num_attention_heads, f" of sequence {n}")
+    # eager returns its float32 softmax rounded to bf16 (2**-9 relative): the tolerance allows that
+    expect_close(got, eager(model, ids, mask, [0]), "layer 0 of the bf16 model vs bf16 eager "
+                 "attention (Q K^T * scale in bf16, softmax in float32)", atol=4e-3, rtol=0)
 
 
 def direct_expected(query, key, mask, scale):
