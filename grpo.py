@@ -39,8 +39,9 @@ def group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-6) -> Ten
     std is the POPULATION standard deviation (divide by G, not G-1): eq. (10) writes std({r_j}), the
     spread of the group's own rewards, and with it every non-constant group has mean(A^2) = 1
     exactly, whatever G. (TRL uses the sample std; for G = 8 that only shrinks A by sqrt(7/8), about
-    6.5%.) A group whose rewards are all equal carries no learning signal and gets exactly 0 (tested
-    directly, not through the numerator, which rounding can leave at 1e-8 with an equally tiny std).
+    6.5%.) A group whose rewards are all equal carries no learning signal and gets exactly 0: found
+    by comparing the group's max and min, not through the numerator or std == 0 (in float32 the mean
+    of seven rewards of 0.1 is not 0.1, so r - mean is ~1e-8 and the eps alone would give -0.007).
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
@@ -95,7 +96,8 @@ def policy_loss(
     same thing.
 
     aggregation:
-        "seq-mean"   eq. (5): (1/G) sum_i (1/N_i) sum_t j_{i,t}; an empty row adds 0.
+        "seq-mean"   eq. (5): (1/B) sum_i (1/N_i) sum_t j_{i,t} over the B rows of the batch (the
+                     paper's 1/G, for one group of G); an empty row adds 0.
         "token-mean" DAPO: sum_{i,t} j_{i,t} / sum_i N_i.
     No KL term: the paper trains without one.
 
@@ -127,7 +129,7 @@ def policy_loss(
     per_token = torch.where(mask, per_token, torch.zeros_like(m))    # padding contributes nothing
 
     if aggregation == "seq-mean":
-        objective = (per_token.sum(dim=1) / n_tok.clamp(min=1)).mean()   # (1/G) sum_i (1/N_i) sum_t
+        objective = (per_token.sum(dim=1) / n_tok.clamp(min=1)).mean()   # (1/B) sum_i (1/N_i) sum_t
     else:
         objective = per_token.sum() / n_tok.sum().clamp(min=1)
     return -objective, _loss_stats(r, adv, dual, gamma, mask, clip_eps)

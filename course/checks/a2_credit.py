@@ -309,7 +309,7 @@ def test_padding_contributes_nothing(grpo):
 
 @check(2, visibility="after_due_date")
 def test_gradient(grpo):
-    """policy_loss: d loss / d logp = -gamma A r / (N_i G) on unclipped tokens"""
+    """policy_loss: d loss / d logp = -gamma A r / (N_i B) on unclipped tokens (B rows)"""
     logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -1.0]], dtype=torch.float64,
                         requires_grad=True)
     old = logp.detach() - torch.tensor([[0.05, -0.1, 0.0], [0.1, 0.0, -0.05]], dtype=torch.float64)
