@@ -198,8 +198,10 @@ def add_head_mean(attn: Tensor, query: Tensor, key: Tensor, mask: Tensor | None,
     attention: query head j reads KV head j // (H / Hkv), the order of transformers' repeat_kv.
     mask: None (plain causal: the query at position p sees keys 0..p) or bool [N or 1, 1, q, k],
     True = may attend; a query that may attend to nothing (left padding) adds a row of 0, not NaN.
-    As eager attention: Q K^T * scale in the model's dtype, softmax in float32. The queries are
-    processed in chunks so that the float32 scratch stays under chunk_bytes whatever T is.
+    As eager attention: Q K^T * scale in the model's dtype, softmax in float32 (also for a bf16
+    model). The queries are processed in chunks of c rows so that the float32 scratch, the scores
+    and probabilities of one chunk (two [N, H, c, k], 8 N H c k bytes), stays under chunk_bytes
+    whatever T is: c = max(1, chunk_bytes // (8 N H k)), one query row at least.
     query and key are only read: key is the model's KV cache.
     """
     n, h, q, d = query.shape

@@ -172,12 +172,11 @@ def _copy(src: Path, dst: Path) -> None:
 def _documents(py_files: list[Path], folder: Path) -> list[tuple[str, str | None]]:
     """Copy the documents the docstrings of `py_files` point to (README.md is the handout's own);
     returns every pointer (document, section or None)."""
-    pointers = sorted({p for path in py_files for p in doc_pointers(path.read_text("utf-8"))})
-    for doc, _ in pointers:
-        if doc != "README.md":
-            if not (ROOT / doc).is_file():
-                raise AssignmentError(f"a docstring points to {doc}, which the repository lacks")
-            _copy(ROOT / doc, folder / doc)
+    pointers = [p for path in py_files for p in doc_pointers(path.read_text("utf-8"))]
+    for doc in sorted({doc for doc, _ in pointers} - {"README.md"}):
+        if not (ROOT / doc).is_file():
+            raise AssignmentError(f"a docstring points to {doc}, which the repository lacks")
+        _copy(ROOT / doc, folder / doc)
     return pointers
 
 

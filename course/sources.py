@@ -313,7 +313,7 @@ def doc_pointers(source: str) -> list[tuple[str, str | None]]:
             docs += [(path, None) for path in _DOC_FILE.findall(text)]
             docs += [(f"{doc}.md" if doc.endswith("README") else doc, section)
                      for doc, section in _SECTION.findall(text)]
-    return sorted(set(docs))
+    return sorted(set(docs), key=lambda d: (d[0], d[1] or ""))
 
 
 def has_section(markdown: str, section: str) -> bool:
