@@ -12,8 +12,9 @@ NotImplementedError(...)` (signature and docstring kept: the docstring is the sp
 what would give the answer away (helpers and fused paths that compute the same thing) is dropped.
 Which functions, and what else stays, is the `ASSIGNMENTS` table below; a listed function or name
 that the module no longer has is an error that names it. Everything else a handout needs is copied
-as it is: the local modules the reference modules import (followed recursively), the documents
-their docstrings point to, listed data (the shipped tiny model), the grader, the visible checks.
+as it is: the local modules the reference modules import (followed recursively; one that another
+assignment asks for is shipped with those functions emptied), the documents their docstrings point
+to, listed data (the shipped tiny model), the grader, the visible checks.
 
 Release order. a4 runs the whole method, so its flow.py, grpo.py and capture.py are the complete
 modules with every a1-a3 function emptied (and the two helpers of the fused solve that would give
@@ -121,6 +122,10 @@ ASSIGNMENTS: tuple[Assignment, ...] = (
     ),
 )
 BY_NAME = {a.name: a for a in ASSIGNMENTS}
+# module -> every function some assignment asks for: emptied wherever the module is shipped
+ANSWERS = {m.name: tuple(sorted({f for a in ASSIGNMENTS for n in a.modules if n.name == m.name
+                                 for f in n.stubs}))
+           for a in ASSIGNMENTS for m in a.modules}
 
 # --------------------------------------------------------------------------------------------------
 # writing a handout
@@ -202,8 +207,8 @@ def build(assignment: Assignment, out: Path, solutions: bool = False, release: b
     folder.mkdir(parents=True)
     sources = {m.name: (ROOT / f"{m.name}.py").read_text(encoding="utf-8")
                for m in assignment.modules}
+    reference = solutions or release
     for m in assignment.modules:
-        reference = solutions or release
         text = sources[m.name] if reference else rewrite(sources[m.name], m.name, m.stubs, m.keep)
         (folder / f"{m.name}.py").write_text(text, encoding="utf-8")
 
@@ -214,7 +219,13 @@ def build(assignment: Assignment, out: Path, solutions: bool = False, release: b
     local, third = dependencies(start)
     student = {f"{m.name}.py" for m in assignment.modules}
     for path in local:
-        if path.name not in student:
+        if path.name in student:
+            continue
+        if ANSWERS.get(path.stem) and path.parent == ROOT and not reference:
+            # a module another assignment asks for (a3's rollout.py imports grpo): answers emptied
+            text = rewrite(path.read_text(encoding="utf-8"), path.stem, ANSWERS[path.stem], ALL)
+            (folder / path.name).write_text(text, encoding="utf-8")
+        else:
             _copy(path, folder / path.relative_to(ROOT))
     pointers = _documents([f for path in local for f in python_files(path)], folder)
     for item in assignment.data:
