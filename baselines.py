@@ -1,6 +1,7 @@
 """The baselines and ablations of FlowTracer's credit (Tables 2, 5, 7 and 11b): other scores for the
-same top-k rule of eq. (6), and other maps from flow to weights. FlowTracer's own credit is
-flow.flow_credit; credit.py names every strategy (credit.CREDIT_STRATEGIES) and runs one.
+same top-k rule of eq. (6), and other maps from flow to weights; and the chain testbed's positive
+controls (`oracle`, `oracle-only`). FlowTracer's own credit is flow.flow_credit; credit.py names
+every strategy (credit.CREDIT_STRATEGIES) and runs one.
 
 A strategy is a function CreditInputs -> gamma [B, T]: it ranks or weights the response tokens of a
 rollout by some score and leaves every other token at 1. docs/credit.md lists every strategy with
@@ -353,6 +354,50 @@ def _flow_in_class(structural: bool, c: CreditInputs) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
+# Positive controls of the chain testbed (docs/testbed.md): credit on the tokens known to decide
+# --------------------------------------------------------------------------------------------------
+
+def deciding_tokens(rollout: Any, tokenizer: Any) -> Tensor:
+    """[B, T] bool: the response tokens that hold a deciding character of the chain task
+    (tasks.chain_decisions(text) of each response; none in a text without a chain header).
+
+    A character maps to the sampled token that covers it (rollout._char_span_to_tokens: token j
+    covers [len(decode(ids[:j])), len(decode(ids[:j + 1])))), not to a re-encoding of the text."""
+    import rollout as sampling  # here, not above: it loads transformers, only the controls need it
+    import tasks
+
+    mask = torch.zeros_like(rollout.response_mask)                      # [B, T]
+    for i, text in enumerate(rollout.texts):
+        positions = rollout.response_mask[i].nonzero().squeeze(1)       # [R_i]
+        ids = rollout.input_ids[i, positions].tolist()
+        for char in (c for d in tasks.chain_decisions(text) for c in d.chars):
+            a, b = sampling._char_span_to_tokens(tokenizer, ids, char, char + 1)
+            mask[i, positions[a:b]] = True
+    return mask
+
+
+def _oracle(fill: bool, c: CreditInputs) -> Tensor:
+    """The testbed's positive controls: gamma on the deciding tokens of the chain task.
+
+    oracle (fill=True): the deciding tokens first, the rest of the `ratio` of the response tokens
+    drawn at random (`generator`), so the extra weight is eq. (6)'s, as for random and entropy
+    (more deciding tokens than round(ratio * n): a random subset of them). oracle-only (fill=False):
+    gamma on the deciding tokens alone, 1 on every other token."""
+    name = "oracle" if fill else "oracle-only"
+    if c.tokenizer is None:
+        raise ValueError(f"credit strategy {name!r} needs tokenizer= (deciding characters -> "
+                         "tokens)")
+    if getattr(c.rollout, "texts", None) is None:
+        raise ValueError(f"credit strategy {name!r} needs rollout.texts (the decoded responses)")
+    mask = c.rollout.response_mask                                      # [B, T]
+    decide = deciding_tokens(c.rollout, c.tokenizer) & mask             # [B, T]
+    if not fill:
+        return flow.credit_weights(decide, c.gamma)
+    noise = torch.rand(mask.shape, generator=c.generator).to(mask.device)   # [B, T] in [0, 1)
+    return _top_k_credit(c, decide.float() + noise, mask)  # deciding tokens score >= 1: first
+
+
+# --------------------------------------------------------------------------------------------------
 # the baselines and ablations by name (credit.CREDIT_STRATEGIES adds FlowTracer's `flow`)
 # --------------------------------------------------------------------------------------------------
 
@@ -373,6 +418,8 @@ BASELINES: dict[str, Callable[[CreditInputs], Tensor]] = {
     **{f"flow-mass{p}": partial(_flow_mass, p / 100) for p in (20, 40, 60, 80)},
     "flow-structural": partial(_flow_in_class, True),
     "flow-content": partial(_flow_in_class, False),
+    "oracle": partial(_oracle, True),
+    "oracle-only": partial(_oracle, False),
 }
 ATTENTION_BASELINES = frozenset(_ATTENTION_REDUCE)  # besides the flow ones: they read rollout.attn
 

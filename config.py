@@ -33,7 +33,9 @@ CLIP_EPS, DUAL_CLIP, ADV_CLIP = 0.2, 3.0, 2.0  # eq. (5); grpo.policy_loss says 
 CREDIT_STRATEGIES = (
     "flow", "uniform", "flow-bottom", "random", "entropy", "attention", "attention-mean",
     "gradient", "correlation", "flow-raw", "flow-tanh", "flow-sigmoid", "flow-mad", "flow-log1p",
-    "flow-mass20", "flow-mass40", "flow-mass60", "flow-mass80", "flow-structural", "flow-content")
+    "flow-mass20", "flow-mass40", "flow-mass60", "flow-mass80", "flow-structural", "flow-content",
+    "oracle", "oracle-only")
+CHAIN_ONLY = ("oracle", "oracle-only")  # the testbed's controls read tasks.chain_decisions
 AGGREGATIONS = ("seq-mean", "token-mean")  # grpo.policy_loss
 ANSWER_FALLBACKS = ("last_line", None)  # rewards.answer_span
 SHARDINGS = ("auto", "ddp", "fsdp")  # distributed.py
@@ -317,8 +319,10 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
         ("drop_truncated", isinstance(c.drop_truncated, bool), "must be true or false"),
         ("answer_fallback", c.answer_fallback in ANSWER_FALLBACKS,
          f"must be one of {list(ANSWER_FALLBACKS)}"),
-        ("credit", c.credit in CREDIT_STRATEGIES,
-         f"must be one of {sorted(CREDIT_STRATEGIES)}"),
+        ("credit", c.credit in CREDIT_STRATEGIES
+         and (c.credit not in CHAIN_ONLY or c.data == "chain"),
+         f"must be one of {sorted(CREDIT_STRATEGIES)}; oracle and oracle-only read the chain "
+         "task's deciding tokens: they need --data chain"),
         ("ratio", ratio_ok(c.ratio), "must be in [0, 1] (eq. 6's share of tokens)"),
         ("gamma", gamma_ok(c.gamma), "must be finite and > 0 (eq. 6; grpo.policy_loss needs it)"),
         ("layers", c.layers is None or (isinstance(c.layers, list) and len(c.layers) > 0

@@ -7,8 +7,9 @@ with ratio = config.RATIO (0.4) and gamma_flow = config.GAMMA (1.5); the through
 eqs. (1)-(4) in the same file.
 
 CREDIT_STRATEGIES names every strategy (train.py's --credit flag, config.CREDIT_STRATEGIES):
-FlowTracer's `flow`, then the paper's baselines and ablations (baselines.py). credit_gamma(strategy,
-rollout, ...) checks the arguments and runs one. The loss reads gamma through grpo.align.
+FlowTracer's `flow`, then the paper's baselines and ablations and the chain testbed's positive
+controls (baselines.py). credit_gamma(strategy, rollout, ...) checks the arguments and runs one.
+The loss reads gamma through grpo.align.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def credit_gamma(
     config.GAMMA. 'entropy' needs entropy= ([B, T-1] from token_logprobs) or model= (the policy's
     entropies at `temperature`, one no-grad pass), 'gradient' and 'correlation' need model=,
     'random' takes generator=, 'flow-structural' and 'flow-content' need tokenizer=, the flow and
-    attention strategies need rollout.attn.
+    attention strategies need rollout.attn, 'oracle' and 'oracle-only' (the chain testbed's
+    controls, config.CHAIN_ONLY) need tokenizer= and rollout.texts.
     The loss reads gamma through grpo.align (token_logprobs' alignment).
     """
     if strategy not in CREDIT_STRATEGIES:

@@ -22,18 +22,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(credit: str, seed: int, out: Path, threads: int | None, extra: list[str]) -> dict:
-    """`python train.py --credit C --seed S --out OUT/C-seedS ...extra` in its own process, then
-    summarise; wall_s is the run's wall-clock time."""
+def run(credit: str, seed: int, out: Path, threads: int | None, extra: list[str],
+        label: str | None = None) -> dict:
+    """`python train.py --credit C --seed S --out OUT/L-seedS ...extra` in its own process, then
+    summarise; L is `label` (a name for the strategy and its extra flags) or C; wall_s is the run's
+    wall-clock time."""
     env = dict(os.environ, TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    folder = out / f"{credit}-seed{seed}"
+    label = label or credit
+    folder = out / f"{label}-seed{seed}"
     cmd = [sys.executable, str(ROOT / "train.py"), "--credit", credit, "--seed", str(seed),
            "--out", str(folder), "--overwrite", "--save-every", "0", *extra]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, cwd=ROOT)
-    return summarise(folder, credit, seed) | {"wall_s": time.perf_counter() - start}
+    return summarise(folder, label, seed) | {"wall_s": time.perf_counter() - start}
 
 
 def summarise(folder: Path, credit: str, seed: int) -> dict:

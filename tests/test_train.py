@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import checkpoints
+import config
 import credit
 import harness
 import metrics
@@ -37,12 +38,15 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def initial_weights() -> dict[str, torch.Tensor]:
-    return load_file(str(ROOT / "tiny" / "qwen3-arith" / "model.safetensors"))
+def initial_weights(model: str = "qwen3-arith") -> dict[str, torch.Tensor]:
+    return load_file(str(ROOT / "tiny" / model / "model.safetensors"))
 
 
+# the chain testbed's controls (config.CHAIN_ONLY) read its deciding tokens: they run on that task
+CHAIN = ["--data", "chain", "--eval-data", "chain", "--model", str(ROOT / "tiny" / "qwen3-chain"),
+         "--max-new-tokens", "200"]
 TOP_K = {"flow", "flow-bottom", "random", "entropy", "attention", "attention-mean", "gradient",
-         "correlation"}
+         "correlation", "oracle"}
 # Table 11b: the top 40% of one token class only, so fewer than 40% of all tokens
 IN_CLASS = {"flow-structural", "flow-content"}
 # mean weight 1 + ratio * (gamma - 1) by design
@@ -52,8 +56,9 @@ SPREAD = {"flow-raw", "flow-log1p", "flow-sigmoid", "flow-mad"}
 @pytest.mark.parametrize("strategy", sorted(credit.CREDIT_STRATEGIES))
 def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
     torch.set_num_threads(1)
-    result = train.main(SMALL + ["--steps", "2", "--save-every", "2", "--credit", strategy,
-                                 "--out", str(tmp_path)])
+    chain = strategy in config.CHAIN_ONLY
+    result = train.main(SMALL + (CHAIN if chain else []) + [
+        "--steps", "2", "--save-every", "2", "--credit", strategy, "--out", str(tmp_path)])
     steps = [r for r in records(tmp_path) if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:
@@ -72,11 +77,13 @@ def test_two_steps_of_every_credit_strategy(strategy, tmp_path):
             assert 1.0 < g <= 1.5
         elif strategy in IN_CLASS:
             assert 1.0 < g < 1.2, g
+        elif strategy == "oracle-only":  # ~1.8 deciding tokens of ~120 at 1.5: ~1.008
+            assert 1.0 <= g < 1.05, g
         else:  # flow-tanh: 1 + 0.5 tanh(z), z-scores average to 0
             assert 0.5 < g < 1.5
     # the policy moved, and the checkpoint is a model folder from_pretrained can read
     saved = load_file(str(tmp_path / "checkpoints" / "step-000002" / "model" / "model.safetensors"))
-    before = initial_weights()
+    before = initial_weights("qwen3-chain" if chain else "qwen3-arith")
     assert max((saved[k] - before[k]).abs().max().item() for k in before) > 0
     assert 0.0 <= result["before"] <= 1.0 and 0.0 <= result["after"] <= 1.0
 
