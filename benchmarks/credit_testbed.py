@@ -18,8 +18,9 @@ responses sampled from the warm start, the share of the deciding tokens (tasks.c
 fall in each strategy's 40% set, and in flow's when its graph comes from each single layer, each
 third of the layers or all of them (computed first; --inside-only: nothing else). The tables, JSON
 and plot are rewritten after every run, so a stopped comparison keeps what it finished; --reuse
-keeps the finished runs found in --out whose configuration is the one asked for (to redo the
-statistics, or to finish an interrupted comparison).
+keeps the finished runs found in --out whose configuration is the one asked for, with the wall
+times --json recorded for them (to redo the statistics, or to finish an interrupted comparison).
+The JSON is strict: NaN (an sd of one seed) is written as null.
 """
 
 from __future__ import annotations
@@ -317,6 +318,26 @@ def inside_text(inside: dict) -> str:
     return "\n".join(lines)
 
 
+def without_nan(x):
+    """x with every float NaN (an sd of one seed, an unknown wall time) as None: strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: without_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [without_nan(v) for v in x]
+    return x
+
+
+def earlier_walls(path: Path | None) -> dict[tuple[str, int], float]:
+    """(strategy, seed) -> wall_s of the runs an earlier write of --json recorded (a resumed
+    comparison keeps the wall times of the runs it reuses)."""
+    if path is None or not path.exists():
+        return {}
+    runs = json.loads(path.read_text()).get("runs", [])
+    return {(r["credit"], r["seed"]): r["wall_s"] for r in runs if r.get("wall_s") is not None}
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write through a temporary file and a rename, so a cut never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,13 +387,14 @@ def main() -> None:
         print(inside_text(inside) + "\n", flush=True)
     jobs = [] if args.inside_only else [(c, s) for s in args.seeds for c in args.credits]
     own = {c: strategy_flags(c, args.control_gamma, args.band) for c in args.credits}
+    walls = earlier_walls(args.json) if args.reuse else {}
 
     def one(job: tuple[str, int]) -> dict:
         strategy, seed = job
         name, extra = own[strategy]
         folder = args.out / f"{strategy}-seed{seed}"
         if args.reuse and finished(folder, ["--credit", name, "--seed", str(seed)] + flags + extra):
-            row = summarise(folder, strategy, seed) | {"wall_s": math.nan}
+            row = summarise(folder, strategy, seed) | {"wall_s": walls.get(job, math.nan)}
         else:
             row = run(name, seed, args.out, args.threads or None, flags + extra, label=strategy)
         return row | {"auc": area_under_curve(row["curve"])}
@@ -392,11 +414,11 @@ def main() -> None:
         if args.table:
             write_atomic(args.table, text + "\n")
         if args.json:
-            write_atomic(args.json, json.dumps(
+            write_atomic(args.json, json.dumps(without_nan(
                 {"state": state, "flags": flags,
                  "strategy_flags": {c: ["--credit", n, *e] for c, (n, e) in own.items()},
                  "runs": rows} | table
-                | {"look_inside": inside, "runs_wall_s": time.perf_counter() - start}, indent=1))
+                | {"look_inside": inside, "runs_wall_s": time.perf_counter() - start}), indent=1))
         if args.plot and rows:
             plot(rows, [c for c in args.credits if any(r["credit"] == c for r in rows)],
                  args.plot)

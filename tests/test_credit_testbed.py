@@ -244,7 +244,7 @@ def test_two_steps_two_seeds_end_to_end(tmp_path):
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "paired vs uniform" in done.stdout and "of the deciding tokens" in done.stdout
-    out = json.loads((tmp_path / "out.json").read_text())
+    out = json.loads((tmp_path / "out.json").read_text(), parse_constant=_no_nan)
     assert sorted((r["credit"], r["seed"]) for r in out["runs"]) == [
         ("flow", 0), ("flow", 1), ("uniform", 0), ("uniform", 1)]
     assert all([s for s, _ in r["curve"]] == [0, 2] for r in out["runs"])
@@ -270,3 +270,21 @@ def test_two_steps_two_seeds_end_to_end(tmp_path):
     table = (tmp_path / "table.txt").read_text()  # rewritten after every run: the last has all 4
     assert "complete: 4 runs in" in table and "of the deciding tokens" in table
     assert not list(tmp_path.glob("*.tmp"))
+    # resumed: every run reused (no training), their wall times kept, strict JSON
+    again = cmd[:]
+    again[again.index("--look-inside") + 1] = "0"
+    done = subprocess.run(again[:2] + ["--reuse"] + again[2:], env=ENV, capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reused = json.loads((tmp_path / "out.json").read_text(), parse_constant=_no_nan)
+    assert [r["wall_s"] for r in reused["runs"]] == [r["wall_s"] for r in out["runs"]]
+    assert reused["flow"]["diff"] == out["flow"]["diff"] and reused["runs_wall_s"] < 60
+
+
+def _no_nan(name):
+    raise AssertionError(f"{name} in the JSON")
+
+
+def test_without_nan_makes_strict_json():
+    data = {"a": [1.0, math.nan, {"b": math.nan}], "c": (2, "x")}
+    assert bench.without_nan(data) == {"a": [1.0, None, {"b": None}], "c": [2, "x"]}
