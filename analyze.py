@@ -28,9 +28,10 @@ import torch
 import config
 import dataspec
 import guards
+import models
 from analysis.common import PROMPT_SETUPS, read_prompts
 from analysis.formats import run_formats
-from analysis.intervene import run_intervene
+from analysis.intervene import CONDITIONS, run_intervene
 from analysis.tokens import run_tokens
 from analysis.view import run_view
 from eval import load_model
@@ -40,7 +41,8 @@ TINY = Path(__file__).resolve().parent / "tiny" / "qwen3-arith"
 
 def _common(p: argparse.ArgumentParser, problems: int) -> None:
     p.add_argument("--model", default=str(TINY),
-                   help="a local model folder or a hub id (default: the shipped tiny model)")
+                   help="a local model folder, a hub id, a .gguf file or smollm2 (models.py; "
+                        "default: the shipped tiny model)")
     p.add_argument("--prompts",
                    help="where the prompts come from, as train.py's --data: a benchmark name "
                         "(with --data-dir), a local .jsonl, a task; or a JSONL with 'prompt' and "
@@ -48,7 +50,8 @@ def _common(p: argparse.ArgumentParser, problems: int) -> None:
     dataspec.add_data_flags(p)
     p.add_argument("--prompt-setup", choices=PROMPT_SETUPS, default="user",
                    help="user: instruction in the user message (as in training); system: App. "
-                        "E.1's layout, the instruction as a system message")
+                        "E.1's layout, the instruction as a system message; oneshot: user after "
+                        "one worked example (analysis/common.WORKED_EXAMPLE)")
     p.add_argument("--problems", type=int, default=problems,
                    help="how many prompts: a seeded random sample of --prompts, or tiny-task ones")
     p.add_argument("--seed", type=int, default=0,
@@ -107,6 +110,12 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--temperature", type=float, default=0.7,
                    help="sampling and regeneration (0 = greedy)")
     i.add_argument("--json", help="write the counts here")
+    i.add_argument("--batch", type=int, default=500, help="examples per generate call")
+    i.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(CONDITIONS),
+                   help="which tokens to block (none: the truncate-and-resample control)")
+    i.add_argument("--progress",
+                   help="keep each finished batch here (JSON lines); the same command again "
+                        "resumes from it")
     i.set_defaults(run=run_intervene)
 
     f = sub.add_parser("formats",
@@ -120,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     torch.set_num_threads(1)
-    guards.check_model(args.model)
+    args.model = models.resolve(args.model)  # a .gguf / smollm2: its plain folder
     # the prompts are read once before the model loads: a bad --prompts fails in a second
     examples = read_prompts(getattr(args, "prompt", None), args.prompts, args.problems, args.seed,
                             args.data_dir, args.data_format, args.data_fields)

@@ -51,8 +51,8 @@ def flag(default, help: str):
 @dataclass
 class Config:
     # model and data
-    model: str = flag(TINY_MODEL, "a hub id (org/name) or a local model folder (save_pretrained "
-                                  "format)")
+    model: str = flag(TINY_MODEL, "a hub id (org/name), a local model folder (save_pretrained "
+                                  "format), a .gguf file or smollm2 (models.py)")
     data: str = flag("arith", "training data: a task of tasks.py (arith), a benchmark name of "
                               "data.BENCHMARKS, or a local .jsonl")
     data_format: str | None = flag(None, _DATA_HELP["data_format"])

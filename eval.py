@@ -38,6 +38,7 @@ import guards
 import config
 import data
 import dataspec
+import models
 import rewards
 import rollout
 
@@ -192,7 +193,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def parser() -> argparse.ArgumentParser:
     p = config.ArgumentParser(prog="eval.py", description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="a local model folder or a hub id")
+    p.add_argument("--model", required=True,
+                   help="a local model folder, a hub id, a .gguf file or smollm2 (models.py)")
     p.add_argument("--benchmarks", required=True,
                    help=f"comma-separated: {', '.join(data.benchmark_names())}, "
                         "or paths of local .jsonl files")
@@ -225,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # settings, model path and data are checked before the model loads: a typo fails in a
     # second, not after minutes
     check_settings(args.n, args.temperature, args.top_p, args.batch_size, args.template)
-    guards.check_model(args.model)
+    args.model = models.resolve(args.model)  # a .gguf / smollm2: its plain folder
     if args.out:
         check_output(Path(args.out))
     sets = {key: data.load_source(b, args.data_format, args.data_fields, args.data_dir,

@@ -51,6 +51,7 @@ import guards
 import harness
 import memory
 import metrics
+import models
 import rewards
 import rollout
 import runs
@@ -253,10 +254,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg.out or ROOT / "runs" / f"{cfg.preset}-{cfg.credit}-seed{cfg.seed}")
     cfg = runs.resumed_config(cfg, argv, out)  # --resume: the run's own flags under those given
     validate(cfg)  # every flag, before anything heavy
+    cfg.model = models.resolve(cfg.model)  # a typo fails now; a .gguf / smollm2: its plain folder
     if cfg.plan:  # the memory plan alone: the model's config.json, no GPU, no weights
         raise SystemExit(memory.plan_command(cfg))
     guards.check_gpu(cfg.preset, cfg.model, PRESETS)
-    guards.check_model(cfg.model)
     plan = memory.check_run(cfg)  # a run predicted not to fit stops here, naming the fixes
     accelerator = distributed.make_accelerator(cfg.bf16, plan.sharding)
     accelerator.print(memory.report(cfg, plan))

@@ -82,8 +82,17 @@ def require_math(examples: list[Example], command: str) -> None:
 # How the prompt is laid out. "user" (default): the whole prompt, instruction included, is the
 # user message, as train.py and eval.py send it (App. C.3). "system": App. E.1's template for the
 # analysis experiments, the instruction as a system message and the question alone as the user
-# message.
-PROMPT_SETUPS = ("user", "system")
+# message. "oneshot": "user" after one worked exchange (WORKED_EXAMPLE), for a small model that
+# does not box its answer zero-shot (SmolLM2-135M-Instruct: 0 of 8 GSM8K answers boxed zero-shot,
+# 5 of 8 with the example; issue 25).
+PROMPT_SETUPS = ("user", "system", "oneshot")
+# GSM8K's first *training* problem (never a test one), answered in the paper's format.
+WORKED_EXAMPLE = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
+    "May. How many clips did Natalia sell altogether in April and May?\n" + MATH_INSTRUCTION,
+    "In May Natalia sold half as many clips as in April: 48 / 2 = 24 clips.\n"
+    "Altogether she sold 48 + 24 = 72 clips.\n"
+    "The answer is \\boxed{72}.")
 INSTRUCTION_STEM = MATH_INSTRUCTION.split(",")[0]  # "Please reason step by step"
 
 
@@ -101,9 +110,12 @@ def split_instruction(prompt: str) -> tuple[str, str | None]:
 def chat_text(tokenizer, prompt: str, setup: str = "user") -> str:
     """The prompt rendered with the tokenizer's chat template, ready for the assistant's turn. In
     the "system" setup the instruction (MATH_INSTRUCTION when the prompt carries none) becomes the
-    system message."""
-    if setup == "user":
+    system message; "oneshot" puts the WORKED_EXAMPLE exchange first."""
+    if setup in ("user", "oneshot"):
         messages = [{"role": "user", "content": prompt}]
+        if setup == "oneshot":
+            messages = [{"role": "user", "content": WORKED_EXAMPLE[0]},
+                        {"role": "assistant", "content": WORKED_EXAMPLE[1]}] + messages
     elif setup == "system":
         question, instruction = split_instruction(prompt)
         messages = [{"role": "system", "content": instruction or MATH_INSTRUCTION},

@@ -120,10 +120,36 @@ class Counts:
     scored: int = 0  # rows with a gold
 
 
+@dataclass
+class Progress:
+    """A long run's record. With a path: one JSON line per finished batch of examples (its counts,
+    what it skipped, the random states after it), appended as each batch ends, so a killed run
+    rerun with the same path and settings skips the batches already done and ends with the same
+    counts as an uninterrupted run. Either way it counts the skipped responses by reason."""
+    path: Path | None = None
+    no_box: int = 0  # no complete \\boxed{} answer (truncated ones included)
+    too_short: int = 0  # boxed, but too few tokens before the answer to block one
+
+    def done(self, settings: dict) -> list[dict]:
+        """The finished batches of a run with these settings, in order (lines of other runs, such
+        as other seeds, are left alone)."""
+        if self.path is None or not self.path.is_file():
+            return []
+        lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return [line for line in lines if line.get("settings") == settings]
+
+    def add(self, line: dict) -> None:
+        self.no_box, self.too_short = (self.no_box + line["no_box"],
+                                       self.too_short + line["too_short"])
+        if self.path is not None and "rng" in line:  # a new batch: on disk before the next starts
+            with self.path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+
+
 def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: float = 0.2,
               temperature: float = 0.7, max_new_tokens: int = 128, layers=None,
-              conditions=CONDITIONS, batch: int = 500,
-              setup: str = "user") -> tuple[dict[str, Counts], int]:
+              conditions=CONDITIONS, batch: int = 500, setup: str = "user",
+              progress: Progress | None = None) -> tuple[dict[str, Counts], int]:
     """Table 1 / appendix E.1. Per example: sample a response (temperature), trace its flow,
     truncate it at a random point before the answer region, block `ratio` of the response tokens
     before that point (the highest tau, the lowest tau, a random set, or none as the control),
@@ -131,20 +157,48 @@ def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: f
     condition, and compare the new final answer with the original one. Returns the counts per
     condition and the number of responses skipped: no complete \\boxed{} answer (the paper's
     answer region; truncated responses included), or too short to hold one blocked token before
-    it. `batch` examples at a time; setup: common.PROMPT_SETUPS.
+    it (`progress` counts each reason, and with a path keeps each batch's result so that a rerun
+    resumes). `batch` examples at a time; setup: common.PROMPT_SETUPS.
     """
     require_math(examples, "intervene")
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    progress = progress or Progress()
+    settings = dict(model=str(model.name_or_path), examples=[e.id for e in examples], seed=seed,
+                    ratio=ratio, temperature=temperature, max_new_tokens=max_new_tokens,
+                    layers=layers, conditions=list(conditions), batch=batch, setup=setup)
+    done = progress.done(settings)
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    parts, skipped = [], 0
-    for s in range(0, len(examples), batch):
-        counts, skip = _intervene_batch(model, tokenizer, examples[s : s + batch], rng, seed, ratio,
-                                        temperature, max_new_tokens, layers, conditions, setup)
-        parts, skipped = parts + ([counts] if counts else []), skipped + skip
+    parts = []
+    for b, s in enumerate(range(0, len(examples), batch)):
+        if b < len(done):  # finished before: its counts, and the random states it left
+            line = done[b]
+            rng.setstate(_tuples(line["rng"]))
+            torch.set_rng_state(torch.tensor(line["torch_rng"], dtype=torch.uint8))
+            if "cuda_rng" in line:
+                torch.cuda.set_rng_state(torch.tensor(line["cuda_rng"], dtype=torch.uint8))
+        else:
+            counts, no_box, too_short = _intervene_batch(
+                model, tokenizer, examples[s : s + batch], rng, seed, ratio, temperature,
+                max_new_tokens, layers, conditions, setup)
+            line = dict(settings=settings, start=s, no_box=no_box, too_short=too_short,
+                        counts=counts and {c: vars(x) for c, x in counts.items()},
+                        rng=rng.getstate(), torch_rng=torch.get_rng_state().tolist())
+            if torch.cuda.is_available():  # generate() samples with the GPU's generator there
+                line["cuda_rng"] = torch.cuda.get_rng_state().tolist()
+        progress.add(line)
+        if line["counts"]:
+            parts.append({c: Counts(**x) for c, x in line["counts"].items()})
     if not parts:
         raise ValueError("no response has a complete \\boxed{} answer with enough tokens before "
                          "it to intervene on (truncated? raise --max-new-tokens)")
-    return pooled(parts), skipped
+    return pooled(parts), progress.no_box + progress.too_short
+
+
+def _tuples(state):
+    """random.Random.getstate() back from its JSON lists."""
+    return tuple(_tuples(x) for x in state) if isinstance(state, list) else state
 
 
 def _min_kept(ratio: float) -> int:
@@ -189,10 +243,11 @@ def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, 
     resp, answer = ro.response_mask.cpu(), ro.answer_mask.cpu()
     # [N] response tokens before the answer
     tokens_before = (resp & (answer.long().cumsum(1) == 0)).sum(1)
-    ok = boxed_rows(ro) & (tokens_before >= _min_kept(ratio))
-    skipped = int((~ok).sum())
+    boxed = boxed_rows(ro)
+    ok = boxed & (tokens_before >= _min_kept(ratio))
+    no_box, too_short = int((~boxed).sum()), int((boxed & ~ok).sum())
     if not ok.any():
-        return None, skipped
+        return None, no_box, too_short
     ro = ro.rows(ok.nonzero().flatten())
     kept_examples = [e for e, k in zip(examples, ok.tolist()) if k]
     _, field = flow_of(ro)  # [n, T]
@@ -224,7 +279,7 @@ def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, 
                 c.broke += old_ok[i] and not new_ok
                 c.fixed += new_ok and not old_ok[i]
         results[cond] = c
-    return results, skipped
+    return results, no_box, too_short
 
 
 PAPER_TABLE1 = {"high": (45.9, 14.9), "low": (14.9, 0.5), "random": (29.5, 4.5)}
@@ -270,11 +325,15 @@ def run_intervene(args, model, tokenizer) -> None:
         examples = read_prompts(None, args.prompts, args.problems, seed, args.data_dir,
                                 args.data_format, args.data_fields)
         s0 = time.time()
-        res, skipped = intervene(model, tokenizer, examples, seed, args.ratio, args.temperature,
-                                 args.max_new_tokens, args.layers, setup=args.prompt_setup)
+        progress = Progress(Path(args.progress) if args.progress else None)
+        res, _ = intervene(model, tokenizer, examples, seed, args.ratio, args.temperature,
+                           args.max_new_tokens, args.layers, args.conditions, args.batch,
+                           args.prompt_setup, progress)
         runs[f"seed {seed}"] = res
-        print(f"seed {seed}: {len(examples)} prompts, {skipped} skipped, {time.time() - s0:.0f} s",
-              flush=True)
+        boxed = len(examples) - progress.no_box
+        print(f"seed {seed}: {len(examples)} prompts, {boxed} boxed ({_rate(boxed, len(examples))}"
+              f" %), skipped {progress.no_box} without a box and {progress.too_short} too short, "
+              f"{time.time() - s0:.0f} s", flush=True)
     if len(runs) > 1:
         runs["pooled"] = pooled(list(runs.values()))
     print(intervene_table(runs))
