@@ -59,6 +59,7 @@ def _common(p: argparse.ArgumentParser, problems: int) -> None:
     p.add_argument("--layers", type=int, nargs="+",
                    help="attention layers to average (None: the middle third)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="the longest response")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -128,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     args.model = models.resolve(args.model)  # a .gguf / smollm2: its plain folder
     # the prompts are read once before the model loads: a bad --prompts fails in a second
     examples = read_prompts(getattr(args, "prompt", None), args.prompts, args.problems, args.seed,

@@ -45,14 +45,15 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def regenerate(model, tokenizer, prefixes: list[Tensor], blocked: list[Tensor], max_new_tokens: int,
-               temperature: float = 0.7, top_k: int = 100,
-               seed: int = 0) -> tuple[list[Tensor], Tensor]:
+               temperature: float = 0.7, top_k: int = 100, seed: int = 0,
+               with_logits: bool = True) -> tuple[list[Tensor], Tensor | None]:
     """Continue each prefix (1-D token ids, no padding) while no later token may read its `blocked`
     positions.
 
     Left-pads the batch; attention_mask = 0 on padding and on blocked tokens; position_ids from the
     padding only, so every token keeps its position. temperature 0 = greedy. Returns the new tokens
-    of each row (up to and including EOS) and the logits of every step [N, steps, V].
+    of each row (up to and including EOS) and the logits of every step [N, steps, V] (None when
+    not `with_logits`: with a real vocabulary they are GBs nobody reads).
     """
     if len(prefixes) != len(blocked) or not prefixes:
         raise ValueError("need one blocked mask per prefix (and at least one prefix)")
@@ -78,8 +79,7 @@ def regenerate(model, tokenizer, prefixes: list[Tensor], blocked: list[Tensor], 
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                          return_dict_in_generate=True, output_logits=True,
                          **sampling(temperature, top_k))
-    logits = torch.stack(out.logits, dim=1).cpu()  # [N, steps, V]
-    if not torch.isfinite(logits).all():
+    if not all(torch.isfinite(step).all() for step in out.logits):
         raise RuntimeError("non-finite logits under blocking: this attention backend does not "
                            "tolerate a fully masked row (a blocked token with nothing before it); "
                            "report the model and device")
@@ -87,7 +87,7 @@ def regenerate(model, tokenizer, prefixes: list[Tensor], blocked: list[Tensor], 
     for row in out.sequences[:, width:].cpu():
         stop = (row == tokenizer.eos_token_id).nonzero()
         new.append(row[: int(stop[0]) + 1] if len(stop) else row)
-    return new, logits
+    return new, torch.stack(out.logits, dim=1).cpu() if with_logits else None  # [N, steps, V]
 
 
 def extracted(text: str) -> str | None:
@@ -138,10 +138,12 @@ class Progress:
         lines = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
         return [line for line in lines if line.get("settings") == settings]
 
-    def add(self, line: dict) -> None:
+    def add(self, line: dict, new: bool) -> None:
+        """Count a batch's skipped responses; a new batch also goes to the file, before the next
+        batch starts."""
         self.no_box, self.too_short = (self.no_box + line["no_box"],
                                        self.too_short + line["too_short"])
-        if self.path is not None and "rng" in line:  # a new batch: on disk before the next starts
+        if self.path is not None and new:
             with self.path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
 
@@ -179,15 +181,17 @@ def intervene(model, tokenizer, examples: list[Example], seed: int = 0, ratio: f
             if "cuda_rng" in line:
                 torch.cuda.set_rng_state(torch.tensor(line["cuda_rng"], dtype=torch.uint8))
         else:
+            t0 = time.time()
             counts, no_box, too_short = _intervene_batch(
                 model, tokenizer, examples[s : s + batch], rng, seed, ratio, temperature,
                 max_new_tokens, layers, conditions, setup)
             line = dict(settings=settings, start=s, no_box=no_box, too_short=too_short,
                         counts=counts and {c: vars(x) for c, x in counts.items()},
-                        rng=rng.getstate(), torch_rng=torch.get_rng_state().tolist())
+                        rng=rng.getstate(), torch_rng=torch.get_rng_state().tolist(),
+                        seconds=round(time.time() - t0, 1))
             if torch.cuda.is_available():  # generate() samples with the GPU's generator there
                 line["cuda_rng"] = torch.cuda.get_rng_state().tolist()
-        progress.add(line)
+        progress.add(line, new=b >= len(done))
         if line["counts"]:
             parts.append({c: Counts(**x) for c, x in line["counts"].items()})
     if not parts:
@@ -266,7 +270,7 @@ def _intervene_batch(model, tokenizer, examples, rng, seed, ratio, temperature, 
         sel = selections[cond]
         blocked = [sel[i, valid[i] & kept[i]] for i in range(n)]
         new_ids, _ = regenerate(model, tokenizer, prefixes, blocked, max_new_tokens, temperature,
-                                seed=seed)
+                                seed=seed, with_logits=False)
         c = Counts(n=n)
         for i in range(n):
             text = tokenizer.decode(torch.cat([kept_response[i], new_ids[i]]),
