@@ -125,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
                        "all (Fig. 6's question; Fig. 3's structural share per band)",
                        formatter_class=defaults)
     _common(b, 32)
-    b.add_argument("--ratio", type=float, default=flow.RATIO,
+    b.add_argument("--ratio", type=float, default=config.RATIO,
                    help="the top share compared between bands (eq. 6)")
     b.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     b.add_argument("--batch", type=int, default=16, help="prompts per generate call")

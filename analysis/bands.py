@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from analysis.common import boxed_rows, generation_prompts, read_prompts, sampling
-from credit import structural_vocab
+from baselines import structural_vocab
+from capture import capture_attention, default_layers
 from flow import influence_graph, top_k_mask, trace
-from rollout import capture_attention, default_layers, generate
+from rollout import generate
 
 
 def band_layers(num_layers: int) -> dict[str, list[int]]:

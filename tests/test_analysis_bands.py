@@ -7,7 +7,7 @@ import pytest
 
 from analysis.bands import band_layers, band_overlap
 from analysis.common import boxed_rows, flow_of, generation_prompts, sampling
-from credit import token_class
+from baselines import token_class
 from eval import load_model
 from rollout import generate
 from tasks import ArithmeticTask

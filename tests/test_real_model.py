@@ -21,15 +21,16 @@ import torch
 from safetensors.torch import load_file
 from test_rollout import eager_reference
 
+import capture
+import checkpoints
 import distributed
 import flow
 import models
 import rollout
-import runs
 import train
 from analysis.common import WORKED_EXAMPLE, chat_text, generation_prompts, teacher_forced
-from cli import unencodable
-from data import MATH_INSTRUCTION
+from dataspec import MATH_INSTRUCTION
+from guards import unencodable
 from eval import load_model
 from rewards import boxed_span
 
@@ -78,14 +79,14 @@ def test_capture_equals_eager_with_left_padding_at_t_256(smollm2):
                                            ids[:, 60:]], 1)])  # row 1: left-padded by 60
     mask = torch.ones_like(input_ids)
     mask[1, :60] = 0
-    layers = rollout.default_layers(30)
+    layers = capture.default_layers(30)
     assert layers == list(range(10, 20))
-    got = rollout.capture_attention(model, input_ids, mask)  # [2, 260, 260]
+    got = capture.capture_attention(model, input_ids, mask)  # [2, 260, 260]
     want = eager_reference(model, input_ids, mask, layers)
     torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
     assert (got[1, :60] == 0).all() and (got[1, :, :60] == 0).all()
     # left padding changes nothing: row 1 is row 0's last 200 tokens, read from position 0
-    alone = rollout.capture_attention(model, ids[:, 60:], torch.ones(1, 200, dtype=torch.long))
+    alone = capture.capture_attention(model, ids[:, 60:], torch.ones(1, 200, dtype=torch.long))
     torch.testing.assert_close(got[1, 60:, 60:], alone[0], atol=2e-5, rtol=0)
 
 
@@ -193,7 +194,7 @@ def test_one_flow_credited_update_on_the_real_model(smollm2):
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     prepared, optimizer = distributed.prepare(accelerator, policy, optimizer)
     batch = train.credit_batch(cfg, ro, torch.ones(2, dtype=torch.bool), torch.tensor([1.0, -1.0]),
-                               policy, 0, 0)
+                               lm, 0, 0)
     for i in range(2):  # eq. (6): the top 40% of each response by flow at gamma 1.5
         gamma = batch.gamma[i, batch.response_mask[i]]
         assert set(gamma.unique().tolist()) == {1.0, 1.5}
@@ -240,7 +241,7 @@ def test_training_steps_and_resume_after_kill_on_the_real_model(folder, tmp_path
     steps = [r for r in _records(tmp_path / "a") if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
     assert all(torch.isfinite(torch.tensor(float(v))).item() for r in steps for v in r.values())
-    saved = runs.checkpoint_dirs(tmp_path / "a")[-1] / "model"
+    saved = checkpoints.checkpoint_dirs(tmp_path / "a")[-1] / "model"
     assert load_file(str(saved / "model.safetensors")).keys() == \
         load_file(str(Path(folder) / "model.safetensors")).keys()
 
@@ -249,13 +250,13 @@ def test_training_steps_and_resume_after_kill_on_the_real_model(folder, tmp_path
                             stderr=subprocess.DEVNULL, cwd=ROOT)
     deadline = time.time() + TIMEOUT
     while time.time() < deadline and proc.poll() is None:  # kill once step 1 is saved
-        if (b / "checkpoints").is_dir() and runs.checkpoint_dirs(b):
+        if (b / "checkpoints").is_dir() and checkpoints.checkpoint_dirs(b):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [p.name for p in runs.checkpoint_dirs(b)] == ["step-000001"]
+    assert [p.name for p in checkpoints.checkpoint_dirs(b)] == ["step-000001"]
     done = subprocess.run(cmd + ["--out", str(b), "--resume"], env=ENV, capture_output=True,
                           text=True, cwd=ROOT, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
