@@ -5,7 +5,7 @@ paper.
     python analyze.py tokens    [--problems N]          -> most frequent high/low-flow tokens
     python analyze.py intervene [--problems N --seed S] -> Table 1: block 20% of tokens, regenerate
     python analyze.py formats   [--problems N]          -> Table 11a: top-k overlap, answer forms
-    python analyze.py bands     [--problems N]          -> top-40% set by layer band (Fig. 6's question)
+    python analyze.py bands     [--problems N]          -> top-40% set per layer band (Fig. 6)
 
 Every subcommand runs on the shipped tiny model (tiny/qwen3-arith, CPU, seconds) and on any HF
 causal LM (--model PATH; --prompts SOURCE, read as train.py's --data under the same --data-dir,
