@@ -63,7 +63,8 @@ class Config:
     template: str = flag("chat", "how prompts are rendered: chat (the tokenizer's chat template) "
                                  "or fewshot (the paper's few-shot prompt, for base models)")
     # rollout
-    steps: int = flag(100, "optimizer steps, one rollout batch each")
+    steps: int = flag(100, "steps, one rollout batch each (and --mini-batches x --ppo-epochs "
+                           "optimizer steps)")
     prompts_per_step: int = flag(32, "prompts per step, over all processes")
     group_size: int = flag(8, "responses per prompt (G of eq. 10)")
     max_new_tokens: int = flag(40, "the longest response, in tokens")
@@ -93,6 +94,10 @@ class Config:
                                 "process: memory, not the update")
     generation_batch: int | None = flag(None, "prompts per generate call per process (None: "
                                               "all): memory, not the update")
+    mini_batches: int = flag(1, "optimizer steps per pass over the rollout batch: each process's "
+                                "kept rows in K parts, old log-probs from one no-grad pass before "
+                                "the first (1: one step, r = 1, the clip never acts)")
+    ppo_epochs: int = flag(1, "passes over the rollout batch, --mini-batches optimizer steps each")
     clip_eps: float = flag(CLIP_EPS, "PPO clip range epsilon (eq. 5)")
     dual_clip: float | None = flag(DUAL_CLIP, "dual-clip constant for negative advantages (None: "
                                               "off)")
@@ -336,6 +341,8 @@ def _rules(c: Config) -> list[tuple[str, bool, str]]:
         ("micro_batch", _int(c.micro_batch, 1), "must be >= 1"),
         ("generation_batch", c.generation_batch is None or _int(c.generation_batch, 1),
          "must be >= 1 (or none: all prompts at once)"),
+        ("mini_batches", _int(c.mini_batches, 1), "must be >= 1"),
+        ("ppo_epochs", _int(c.ppo_epochs, 1), "must be >= 1"),
         ("clip_eps", _real(c.clip_eps, 0, 1, open_low=True, open_high=True), "must be in (0, 1)"),
         ("dual_clip", c.dual_clip is None or _real(c.dual_clip, 1, inf, True, True),
          "must be finite and > 1 (or none)"),

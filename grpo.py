@@ -87,9 +87,9 @@ def policy_loss(
     most of its example configs (roll/pipeline/rlvr/actor_worker.py, dual_clip_loss); verl's
     clip_ratio_c defaults to 3.0 (Ye et al.'s value); TRL has no dual clip, its closest option
     `delta` (two-sided GRPO, INTELLECT-2) caps r itself and is off by default. 3.0 is the default
-    here because it is the published constant, and because it does not matter for train.py: one
-    update per rollout makes r = 1, where no clip is active. Pass 1 + 2 * clip_eps to match ROLL
-    when reusing old_logp over several updates.
+    here because it is the published constant; in train.py it acts only with --mini-batches or
+    --ppo-epochs above 1 (one update per rollout makes r = 1, where no clip is active). Pass
+    --dual-clip 1 + 2 * clip_eps to match ROLL.
     The advantage is clipped before gamma multiplies it, so gamma = 1.5 on a clipped A = 2 gives 3.
     Since gamma > 0, gamma * min(rA, clip(r)A) = min(r * gamma A, clip(r) * gamma A): weighting the
     term, as in eq. (5), and scaling the advantage, as the paper's appendix C.2 describes, are the
@@ -160,6 +160,12 @@ def _check_loss_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, gamma
     mask = response_mask.bool()                                       # [B, L]
     if not torch.isfinite(advantages).all() or not torch.isfinite(gamma[mask]).all():
         raise ValueError("advantages or gamma contain NaN or inf")
+
+
+# How each statistic of policy_loss combines over micro-batches, optimizer steps and processes
+# (distributed.combine): a mean over response tokens, weighted by each part's tokens, or a max.
+STATISTICS = {"clip_frac": "mean", "dual_clip_frac": "mean", "prob_ratio_mean": "mean",
+              "prob_ratio_max": "max", "gamma_mean": "mean"}
 
 
 @torch.no_grad()

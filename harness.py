@@ -7,6 +7,7 @@ Nothing here is the method: skip it on a first read of train.py.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import torch
@@ -47,11 +48,26 @@ def load_for_training(cfg: Config, device: torch.device):
     return lm.to(device), tokenizer
 
 
+# A synthetic task's problems are drawn and shuffled CHUNK_STEPS steps' prompts at a time, so
+# that the prompts of a step do not depend on --steps: a longer run draws more chunks after the
+# same first ones. The embedded default (100 steps) draws one chunk: the problems and the order it
+# drew when the list was --steps x --prompts-per-step long, so its figures stand.
+CHUNK_STEPS = 100
+
+
 def training_examples(cfg: Config) -> list[Example]:
-    """The training set. A synthetic task (tasks.TASKS) draws problems outside its held-out set."""
+    """The training set. A synthetic task (tasks.TASKS) draws problems outside its held-out set,
+    in whole chunks (`shuffle_pool`): a longer run's list begins with a shorter run's."""
     if cfg.data in tasks.TASKS:
-        return tasks.TASKS[cfg.data].training(cfg.steps * cfg.prompts_per_step, cfg.seed)
+        chunks = math.ceil(cfg.steps / CHUNK_STEPS)
+        return tasks.TASKS[cfg.data].training(chunks * shuffle_pool(cfg, []), cfg.seed)
     return data.load_source(cfg.data, cfg.data_format, cfg.data_fields, cfg.data_dir)
+
+
+def shuffle_pool(cfg: Config, examples: list) -> int:
+    """How many examples one seeded permutation of `examples_for_step` covers: a synthetic task's
+    chunk (CHUNK_STEPS x --prompts-per-step), else the whole list (an epoch)."""
+    return CHUNK_STEPS * cfg.prompts_per_step if cfg.data in tasks.TASKS else len(examples)
 
 
 def held_out_examples(cfg: Config) -> list[Example]:
@@ -60,15 +76,27 @@ def held_out_examples(cfg: Config) -> list[Example]:
                             limit=cfg.eval_limit)
 
 
-def examples_for_step(examples: list, step: int, n: int, seed: int) -> list:
-    """The n prompts of a step: epochs of seeded permutations, so the order depends only on
-    (seed, step) and a resumed run sees the same prompts."""
-    out, start = [], step * n
+def examples_for_step(examples: list, step: int, n: int, seed: int, pool: int | None = None
+                      ) -> list:
+    """The n prompts of a step: positions step*n ... of a stream that reads the list in pools of
+    `pool` consecutive examples (default: all of them, an epoch), each pool in the order of a
+    seeded permutation of its own (seed, pool number), pool after pool and around the list again.
+    The order depends only on (seed, step) and the pools, so a resumed run sees the same prompts,
+    and a run whose list only grows by whole pools (a synthetic task's, `training_examples`)
+    begins as a shorter one."""
+    pool = min(pool or len(examples), len(examples))
+    starts = range(0, len(examples), pool)  # pool k reads examples[starts[k % len]:][:pool]
+    out: list = []
+    k = begin = 0  # pool k begins at position `begin` of the stream
     while len(out) < n:
-        epoch, offset = divmod(start + len(out), len(examples))
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(examples), generator=generator)
-        out += [examples[i] for i in order[offset : offset + n - len(out)].tolist()]
+        first = starts[k % len(starts)]
+        size = min(pool, len(examples) - first)
+        at = step * n + len(out) - begin  # the next position wanted, within pool k
+        if at >= size:
+            k, begin = k + 1, begin + size
+            continue
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + k))
+        out += [examples[first + i] for i in order[at : at + n - len(out)].tolist()]
     return out
 
 

@@ -15,7 +15,7 @@ A run goes through four phases, and the plan adds up what each holds (per GPU, N
   credit   the attention buffer, its copy for the kept rows and the flow solve of one micro-batch;
   update   forward + backward of one micro-batch: gradients, the checkpointed layer inputs, one
            layer recomputed, the log-prob chunk of grpo.token_logprobs, and under FSDP the
-           gathered units in flight;
+           gathered units in flight; with --mini-batches/--ppo-epochs > 1 the old log-probs;
   step     the AdamW step: its scratch (one float32 copy of the parameters with torch's foreach
            implementation on CUDA);
 and `evaluate`, the held-out generation (harness.held_out_accuracy). Training state: float32
@@ -196,8 +196,9 @@ def plan(cfg: Config, gpus: int, sharding: str, gpu_bytes: float, device: str = 
         "update": state + ("gradients", "FSDP units gathered in the update",
                            "bf16 autocast copy of the weights (update)",
                            "checkpointed layer inputs", "saved activations of every layer",
-                           backward),
-        "step": state + ("gradients", "AdamW step scratch"),
+                           backward, "old log-probs (several optimizer steps)"),
+        "step": state + ("gradients", "AdamW step scratch",
+                         "old log-probs (several optimizer steps)"),
         "evaluate": state + (copy, "KV cache (evaluation)", "prefill activations (evaluation)"),
     }
     problem = None
@@ -298,6 +299,12 @@ def _rows(cfg: Config, m: ModelShape, gpus: int, sharding: str, device: str
     # (compute dtype). The backward runs the chunks before any layer: the plan counts the larger
     # of this and a layer's backward.
     rows["log-prob chunk"] = (12 + c) * micro * min(LOGPROB_CHUNK, seq) * m.vocab
+    # --mini-batches or --ppo-epochs above 1: the old log-probs of every row this GPU sampled
+    # (float32 [rows, T]) stay through the update; the no-grad pass that makes them holds less
+    # than a training forward and backward.
+    several = cfg.mini_batches * cfg.ppo_epochs > 1
+    rows["old log-probs (several optimizer steps)"] = 4 * per_gpu * cfg.group_size * seq \
+        if several else 0
     return rows, notes
 
 

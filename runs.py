@@ -45,9 +45,12 @@ from checkpoints import CheckpointError, checkpoint_dirs, file_digests, verify
 PER_INVOCATION = ("out", "resume", "overwrite", "allow_config_change")
 # Fields --resume may change without --allow-config-change: they change when the run evaluates or
 # saves, where it reads its files, or its memory, not the updates it makes (micro-batches and
-# generation batches change float rounding and the order of random draws, not the algorithm).
-RESUME_SAFE = ("eval_every", "save_every", "keep_checkpoints", "reward_workers", "micro_batch",
-               "generation_batch", "gradient_checkpointing", "plot_ema", "data_dir",
+# generation batches change float rounding and the order of random draws, not the algorithm);
+# and how long it runs: a longer run begins exactly as a shorter one (the prompts of a step do not
+# depend on --steps, harness.training_examples; the learning rate is constant after warm-up), so
+# `--resume --steps 4` on a finished 2-step run trains on as a 4-step run would have.
+RESUME_SAFE = ("steps", "eval_every", "save_every", "keep_checkpoints", "reward_workers",
+               "micro_batch", "generation_batch", "gradient_checkpointing", "plot_ema", "data_dir",
                "num_gpus", "gpu_memory_gb", "plan_prompt_tokens")  # the last three: memory.py
 
 
@@ -308,10 +311,12 @@ def _resume(out: Path, cfg: config.Config) -> Run:
     refused = [k for k in changed if k not in RESUME_SAFE]
     if refused and not cfg.allow_config_change:
         lines = "\n  ".join(f"{_flag(k)}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        safe = " ".join(_flag(k) for k in RESUME_SAFE)
         raise SystemExit(f"--resume: {ckpt} was trained with other values of flags that change "
                          f"what the run means:\n  {lines}\nleave them out to go on as the run "
                          f"started, or add --allow-config-change to apply them from step "
-                         f"{run.start + 1} on (recorded in {out / 'run.json'})")
+                         f"{run.start + 1} on (recorded in {out / 'run.json'}); flags that "
+                         f"--resume may change: {safe}")
     for bad, why in damaged:
         moved = _set_aside(bad, "damaged-")
         note(f"{why}: not resuming from it (moved to {moved}); falling back to {ckpt}")

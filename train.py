@@ -174,43 +174,87 @@ def credit_batch(cfg: Config, ro: rollout.Rollout, keep: torch.Tensor, advantage
 
 def update(cfg: Config, accelerator: Accelerator, wrapped, optimizer, batch: Batch
            ) -> dict[str, float]:
-    """4. One AdamW step on the global batch: eq. (5) summed over micro-batches and processes.
+    """4. The optimizer steps of one rollout batch: --ppo-epochs passes over it, each in
+    --mini-batches steps (this process's kept rows in K parts; part k of every process makes the
+    k-th step). One step (the default: the paper's global batch is the rollout batch) takes
+    old_logp = logp, so r = 1 exactly and the clip of eq. (5) never acts; more steps read old_logp
+    from one no-grad pass before the first (`old_logprobs`), so r moves and the clip acts.
+    The statistics combine by grpo.STATISTICS over every micro-batch of every step and process;
+    loss and grad_norm are means over the steps taken."""
+    steps = cfg.mini_batches * cfg.ppo_epochs
+    old_logp = None if steps == 1 else old_logprobs(cfg, accelerator, wrapped, batch)
+    parts = torch.arange(batch.input_ids.shape[0]).tensor_split(cfg.mini_batches)
+    taken, pieces = [], []
+    for _ in range(cfg.ppo_epochs):
+        for rows in parts:
+            done = optimizer_step(cfg, accelerator, wrapped, optimizer, batch, rows, old_logp,
+                                  pieces)
+            taken += [done] if done else []
+    if not taken:  # every process agrees: nothing to learn from in this step
+        return {"skipped": 1.0}
+    means = {k: sum(t[k] for t in taken) / len(taken) for k in ("loss", "grad_norm")}
+    more = {} if steps == 1 else {"optimizer_steps": len(taken)}
+    return distributed.combine(accelerator, pieces, grpo.STATISTICS) | means | more
 
-    The objective is the mean over ALL kept sequences (seq-mean) or response tokens (token-mean) of
-    the global batch. policy_loss returns the mean over its micro-batch's rows (tokens), so each
-    micro-batch loss is weighted by rows_micro (tokens_micro) / total, times the number of
-    processes since DDP averages the gradients over them. Rows without response tokens count for
-    nothing.
+
+def old_logprobs(cfg: Config, accelerator: Accelerator, wrapped, batch: Batch) -> torch.Tensor:
+    """log pi_old of every token of this process's batch, [B, T-1]: one no-grad pass of the policy
+    that sampled it, before its first optimizer step (r = pi / pi_old in every step after)."""
+    n_rows, width = batch.input_ids.shape
+    out = torch.zeros(n_rows, width - 1, device=batch.input_ids.device)  # [B, T-1]
+    with torch.no_grad():
+        for idx, real, _ in distributed.micro_batches(accelerator, wrapped, n_rows,
+                                                      cfg.micro_batch):
+            mb = batch.rows(idx)
+            logp = wrapped(mb.input_ids, mb.attention_mask)  # [b, t-1]
+            if real:
+                out[idx, : logp.shape[1]] = logp.float()
+    return out
+
+
+def optimizer_step(cfg: Config, accelerator: Accelerator, wrapped, optimizer, batch: Batch,
+                   rows: torch.Tensor, old_logp: torch.Tensor | None, pieces: list
+                   ) -> dict[str, float] | None:
+    """One AdamW step on the rows `rows` of this process's batch and the same part of every other
+    process: eq. (5) summed over micro-batches and processes. None when no process has a response
+    token there (no step).
+
+    The objective is the mean over ALL the step's kept sequences (seq-mean) or response tokens
+    (token-mean) over all processes. policy_loss returns the mean over its micro-batch's rows
+    (tokens), so each micro-batch loss is weighted by rows_micro (tokens_micro) / total, times
+    the number of processes since DDP averages the gradients over them. Rows without response
+    tokens count for nothing. old_logp None: old_logp = logp (r = 1). Appends each micro-batch's
+    (statistics, response tokens) to `pieces`.
     """
     token_mean = cfg.aggregation == "token-mean"
-    tokens = grpo.align(batch.response_mask).sum(-1)  # [B] response tokens that get a log-prob
+    tokens = grpo.align(batch.response_mask).sum(-1)[rows]  # [b] response tokens with a log-prob
     mine = tokens.sum() if token_mean else (tokens > 0).sum()
     total = accelerator.reduce(mine, "sum").item()
-    if total == 0:  # every process agrees: nothing to learn from in this step
-        return {"skipped": 1.0}
-    sums: Counter = Counter()
-    n_rows = batch.input_ids.shape[0]
-    passes = distributed.micro_batches(accelerator, wrapped, n_rows, cfg.micro_batch)
-    for idx, real, in_step in passes:
-        size = tokens[idx].sum().item() if token_mean else len(idx)
+    if total == 0:
+        return None
+    loss_sum = 0.0
+    for idx, real, in_step in distributed.micro_batches(accelerator, wrapped, len(rows),
+                                                        cfg.micro_batch):
+        index = rows[idx] if real else torch.zeros(1, dtype=torch.long)  # padding pass: weight 0
+        n_tokens = tokens[idx].sum().item() if real else 0
+        size = n_tokens if token_mean else len(idx)
         weight = size / total * accelerator.num_processes if real else 0.0
-        mb = batch.rows(idx)
+        mb = batch.rows(index)
         with in_step:
             logp = wrapped(mb.input_ids, mb.attention_mask)  # [b, T-1]
-            # One update per rollout (the paper's global batch = rollout batch): old_logp = logp,
-            # so the probability ratio is 1.
+            old = logp.detach() if old_logp is None else old_logp[index, : logp.shape[1]]
             loss, stats = grpo.policy_loss(
-                logp, logp.detach(), mb.advantages, grpo.align(mb.gamma),
-                grpo.align(mb.response_mask),
+                logp, old, mb.advantages, grpo.align(mb.gamma), grpo.align(mb.response_mask),
                 clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip, adv_clip=cfg.adv_clip,
                 aggregation=cfg.aggregation)
             accelerator.backward(loss * weight)
-        for k, v in {**stats, "loss": loss.item()}.items():  # statistics: weighted like the loss
-            sums[k] += v * weight / accelerator.num_processes
+        loss_sum += loss.item() * weight / accelerator.num_processes
+        pieces.append((stats, n_tokens))
     grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return distributed.sum_over_processes(accelerator, sums) | {"grad_norm": float(grad_norm)}
+    loss = distributed.sum_over_processes(accelerator, {"loss": loss_sum})["loss"]
+    return {"loss": loss, "grad_norm": float(grad_norm)}
 
 
 def train_step(cfg: Config, accelerator: Accelerator, wrapped, optimizer, tokenizer, examples,
@@ -221,7 +265,8 @@ def train_step(cfg: Config, accelerator: Accelerator, wrapped, optimizer, tokeni
     lm = accelerator.unwrap_model(wrapped).lm
     eos = rollout.eos_ids(lm, tokenizer)
     timer, pieces, sums = harness.Timer(), [], Counter()
-    chosen = harness.examples_for_step(examples, step, cfg.prompts_per_step, cfg.seed)
+    chosen = harness.examples_for_step(examples, step, cfg.prompts_per_step, cfg.seed,
+                                       harness.shuffle_pool(cfg, examples))
     with accelerator.split_between_processes(chosen) as mine, accelerator.autocast(), \
             distributed.full_parameters(accelerator, wrapped):
         size = cfg.generation_batch or len(mine)

@@ -2,7 +2,8 @@
 
 Run by tests/test_train.py and tests/test_distributed.py, as `python tests/ddp_update.py OUT AGG`
 and as `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2
-tests/ddp_update.py OUT AGG [SHARDING]` (SHARDING: ddp, the default, or fsdp). Every process
+tests/ddp_update.py OUT AGG [SHARDING [MINI_BATCHES]]` (SHARDING: ddp, the default, or fsdp;
+MINI_BATCHES: train.update's optimizer steps, 1 by default). Every process
 builds the same 16-sequence batch (same seed) and takes its shard: 13 rows on process 0 and 3 on
 process 1, so process 1 runs zero-weight passes to keep in step. SGD with lr 1 makes the weight
 change equal the (clipped) gradient, so the comparison does not go through Adam's sign-like first
@@ -25,10 +26,11 @@ import harness  # noqa: E402
 import train  # noqa: E402
 
 
-def main(out: str, aggregation: str, sharding: str) -> None:
+def main(out: str, aggregation: str, sharding: str, mini_batches: int) -> None:
     torch.set_num_threads(1)
     accelerator = distributed.make_accelerator(bf16=False, sharding=sharding)
-    cfg = train.Config(micro_batch=3, aggregation=aggregation, max_grad_norm=1e9)
+    cfg = train.Config(micro_batch=3, aggregation=aggregation, max_grad_norm=1e9,
+                       mini_batches=mini_batches)
     lm, tokenizer = harness.load_for_training(cfg, accelerator.device)
     torch.manual_seed(0)
     prompts = [e.prompt for e in tasks.ArithmeticTask().examples(4, seed=3)]
@@ -52,7 +54,7 @@ def main(out: str, aggregation: str, sharding: str) -> None:
     state = accelerator.get_state_dict(model)  # full weights on the main process, also under FSDP
     if accelerator.is_main_process:
         weights = {k.removeprefix("lm."): v.detach().cpu() for k, v in state.items()}
-        torch.save({"weights": weights, "loss": stats["loss"],
+        torch.save({"weights": weights, "loss": stats["loss"], "stats": stats,
                     "processes": accelerator.num_processes}, out)
     del model, optimizer
     distributed.shut_down(accelerator)
@@ -63,4 +65,5 @@ def _local(p: torch.Tensor) -> torch.Tensor:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")
+    main(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp",
+         int(sys.argv[4]) if len(sys.argv) > 4 else 1)

@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file
 
 import checkpoints
+import distributed
+import grpo
 
 ROOT = Path(__file__).resolve().parents[1]
 UPDATE = str(ROOT / "tests" / "ddp_update.py")
@@ -83,6 +85,12 @@ def assert_same_update(got: dict, want: dict, processes: int) -> None:
     for k in initial:
         torch.testing.assert_close(got["weights"][k], want["weights"][k], rtol=0, atol=1e-6)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    # issue 22: each statistic reduced by its own rule (grpo.STATISTICS) reads the same whatever
+    # the processes; adding them made prob_ratio_max 1.25 with 2 processes at r = 1
+    for k in grpo.STATISTICS:
+        assert got["stats"][k] == pytest.approx(want["stats"][k], rel=1e-6), k
+    assert got["stats"]["prob_ratio_max"] == 1.0 and got["stats"]["prob_ratio_mean"] == 1.0
+    assert 1.0 < got["stats"]["gamma_mean"] < 1.5
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +123,38 @@ def test_fsdp_update_equals_the_one_process_update_and_shards(one_process, tmp_p
     run(launch([UPDATE, out, "seq-mean", "fsdp"]))
     assert_sharded(out, processes=2)
     assert_same_update(torch.load(out), one_process, processes=2)
+
+
+def test_combine_reduces_each_statistic_by_its_rule():
+    """distributed.combine in one process, by hand: a mean weighted by tokens, a max, a sum; a
+    part of weight 0 (a padding pass) counts for nothing."""
+    class OneProcess:
+        device = "cpu"
+
+        def reduce(self, tensor, op):
+            return tensor
+
+    parts = [({"a": 1.0, "m": 2.0, "s": 3.0}, 2), ({"a": 4.0, "m": 5.0, "s": 1.0}, 1),
+             ({"a": 100.0, "m": 100.0, "s": 100.0}, 0)]
+    got = distributed.combine(OneProcess(), parts, {"a": "mean", "m": "max", "s": "sum"})
+    assert got == {"a": (1 * 2 + 4 * 1) / 3, "m": 5.0, "s": 4.0}
+
+
+def test_mini_batches_under_fsdp_equal_ddp_and_clip(tmp_path):
+    """--mini-batches 2 on the 13 + 3 rows of ddp_update.py (parts of 7, 6 and 2, 1 rows): old
+    log-probs from one no-grad pass, two optimizer steps. FSDP2 (sharded, checked) makes the same
+    update as DDP, and after the first SGD step (lr 1) r has moved: the clip acts."""
+    ddp, fsdp = str(tmp_path / "ddp.pt"), str(tmp_path / "fsdp.pt")
+    run(launch([UPDATE, ddp, "seq-mean", "ddp", "2"]))
+    run(launch([UPDATE, fsdp, "seq-mean", "fsdp", "2"]))
+    assert_sharded(fsdp, processes=2)
+    got, want = torch.load(fsdp), torch.load(ddp)
+    for k in want["weights"]:
+        torch.testing.assert_close(got["weights"][k], want["weights"][k], rtol=0, atol=1e-5)
+    assert got["stats"]["optimizer_steps"] == want["stats"]["optimizer_steps"] == 2
+    assert want["stats"]["clip_frac"] > 0 and want["stats"]["prob_ratio_max"] > 1.0  # r moved
+    for k in grpo.STATISTICS:
+        assert got["stats"][k] == pytest.approx(want["stats"][k], rel=1e-4, abs=1e-6), k
 
 
 def _free_port() -> int:
@@ -165,6 +205,20 @@ def test_two_process_ddp_run_trains(uninterrupted):
     assert "sharding ddp" in stdout and "fits" in stdout  # the memory plan, printed at start
     assert [r["step"] for r in records(out)] == [0, 1, 2, 3, 4]
     assert (out / "checkpoints" / "step-000004" / "state").is_dir()
+    # issue 22: one update per rollout makes r = 1 exactly; the max over 2 processes says so
+    assert [r["prob_ratio_max"] for r in records(out)[1:]] == [1.0] * 4
+
+
+def test_steps_2_then_resume_steps_4_equals_a_straight_4_step_run(uninterrupted, tmp_path):
+    """issue 22: --steps is resume-safe, and a longer run begins exactly as a shorter one (the
+    prompts of a step used to come from a permutation of steps x prompts problems: seed 3 saw
+    other prompts at step 1 in a 2-step and a 4-step run). 2 processes, no extra flag."""
+    out = tmp_path / "run"
+    run(_train("ddp", out) + ["--steps", "2"])
+    assert [r["step"] for r in records(out)] == [0, 1, 2]
+    done = run(_train("ddp", out) + ["--resume", "--steps", "4"])
+    assert "--steps changes from 2 to 4 from step 3 on" in done.stdout
+    assert records(out) == records(uninterrupted["ddp"][0])
 
 
 def test_fsdp_run_equals_the_ddp_run(uninterrupted):

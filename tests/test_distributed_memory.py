@@ -69,6 +69,15 @@ def test_plan_terms_by_hand():
         "checkpointed layer inputs"] == 5 * (4 * 16) * 8 * 2
     # a phase's peak is the sum of the terms it holds
     assert fsdp.peak("step") == 1000 + 1000 + 2000 + fsdp.rows["AdamW step scratch"]
+    # issue 22: several optimizer steps per rollout keep the old log-probs of the 2 prompts x 4
+    # samples this GPU sampled, float32 [8, T = 16], through the update and its steps
+    old = "old log-probs (several optimizer steps)"
+    assert fsdp.rows[old] == 0
+    several = memory.plan(dataclasses.replace(cfg, mini_batches=2), 4, "fsdp", 80 * GB,
+                          shape=SHAPE)
+    assert several.rows[old] == 4 * 8 * 16
+    assert several.peak("step") - fsdp.peak("step") == several.peak("update") - fsdp.peak(
+        "update") == 4 * 8 * 16
 
 
 def table_cells(table: str) -> dict[str, list[str]]:

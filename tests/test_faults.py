@@ -326,6 +326,8 @@ def test_a_changed_flag_is_refused_and_config_json_kept(runner, partial):
     done = resume(runner, partial, "--lr", "0.01")
     assert done.rc == 1
     assert "--lr: 0.001 -> 0.01" in done.output and "--allow-config-change" in done.output
+    # issue 22: the message says which flags --resume may change
+    assert "flags that --resume may change: --steps --eval-every --save-every" in done.output
     assert files_of(partial, "metrics.jsonl", "config.json", "run.json") == kept
     assert names(partial) == ["step-000001", "step-000002"]  # nothing trained
 
@@ -413,6 +415,7 @@ BAD_FLAGS = [
     (["--group-size", "0"], "--group-size"), (["--group-size", "1"], "--group-size"),
     (["--ratio", "2"], "--ratio"), (["--gamma", "nan"], "--gamma"), (["--gamma", "-1"], "--gamma"),
     (["--gamma", "0"], "--gamma"),  # issue 22: it failed only at the first credit step
+    (["--mini-batches", "0"], "--mini-batches"), (["--ppo-epochs", "0"], "--ppo-epochs"),
     (["--max-new-tokens", "0"], "--max-new-tokens"), (["--micro-batch", "0"], "--micro-batch"),
     (["--steps", "0"], "--steps"), (["--keep-checkpoints", "-1"], "--keep-checkpoints"),
     (["--eval-every", "0"], "--eval-every"), (["--save-every", "-1"], "--save-every"),

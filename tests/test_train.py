@@ -22,6 +22,7 @@ import config
 import credit
 import harness
 import metrics
+import tasks
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,6 +174,64 @@ def test_data_order_depends_only_on_seed_and_step():
     assert sorted(flat[:10]) == examples and sorted(flat[10:]) == examples
     assert flat[:10] != flat[10:]
     assert harness.examples_for_step(examples, 0, 4, seed=8) != steps[0]
+
+
+def test_pools_of_the_data_order_by_hand():
+    """pool 3 over 6 examples: positions 0-2 are a permutation of examples 0-2, 3-5 of 3-5, then
+    around again with the next seed (pool number 2)."""
+    examples = list(range(6))
+    flat = [x for s in range(4) for x in harness.examples_for_step(examples, s, 3, 7, pool=3)]
+    assert sorted(flat[:3]) == [0, 1, 2] and sorted(flat[3:6]) == [3, 4, 5]
+    assert sorted(flat[6:9]) == [0, 1, 2] and sorted(flat[9:]) == [3, 4, 5]
+    seeded = [torch.randperm(3, generator=torch.Generator().manual_seed(7 * 100_003 + k)).tolist()
+              for k in range(4)]
+    assert flat == [i + 3 * (k % 2) for k in range(4) for i in seeded[k]]
+
+
+def _old_order(examples: list, step: int, n: int, seed: int) -> list:
+    """The order before issue 22, written again: one permutation of the whole list per epoch."""
+    out, start = [], step * n
+    while len(out) < n:
+        epoch, offset = divmod(start + len(out), len(examples))
+        order = torch.randperm(len(examples),
+                               generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out += [examples[i] for i in order[offset : offset + n - len(out)].tolist()]
+    return out
+
+
+def _prompts(argv: list[str], steps: int) -> list[list[str]]:
+    cfg = train.parse_args(argv)
+    examples = harness.training_examples(cfg)
+    pool = harness.shuffle_pool(cfg, examples)
+    return [[e.prompt for e in harness.examples_for_step(examples, s, cfg.prompts_per_step,
+                                                         cfg.seed, pool)] for s in range(steps)]
+
+
+def test_a_longer_run_begins_as_a_shorter_one():
+    """issue 22: the prompts of a step depended on --steps (a permutation of steps x prompts
+    problems); now a synthetic task is drawn in chunks of 100 steps. The embedded default (100
+    steps, one chunk) keeps the order it had, so its figures stand."""
+    small = ["--prompts-per-step", "8", "--seed", "3"]
+    two, four, long = (_prompts(small + ["--steps", str(n)], 2) for n in (2, 4, 250))
+    assert two == four == long
+    old = [[e.prompt for e in _old_order(tasks.TASKS["arith"].training(n * 8, 3), 1, 8, 3)]
+           for n in (2, 4)]
+    assert old[0] != old[1]  # the positive control: the old order changed with --steps
+    examples = tasks.TASKS["arith"].training(100 * 32, 0)
+    default = [[e.prompt for e in _old_order(examples, s, 32, 0)] for s in range(100)]
+    assert _prompts([], 100) == default
+
+
+def test_mini_batches_make_the_clip_act(tmp_path):
+    """issue 22: --mini-batches 4 with a learning rate that moves the policy: r leaves 1 after the
+    first optimizer step and clip_frac > 0 in metrics.jsonl (with one step per rollout it was
+    always 0)."""
+    torch.set_num_threads(1)
+    train.main(SMALL + ["--steps", "1", "--save-every", "0", "--mini-batches", "4", "--lr", "1e-2",
+                        "--out", str(tmp_path)])
+    step = records(tmp_path)[1]
+    assert step["optimizer_steps"] == 4
+    assert step["clip_frac"] > 0 and step["prob_ratio_max"] > 1 + 0.2
 
 
 def test_peak_tracking_ema_by_hand():
