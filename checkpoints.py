@@ -71,3 +71,11 @@ def verify(ckpt: Path) -> dict:
         if got != digest:
             raise CheckpointError(f"{path}: checksum mismatch (damaged)")
     return record
+
+
+def recorded_step(ckpt: Path) -> int | None:
+    """The step a checkpoint's step.json names, unverified (for a message); None if unreadable."""
+    try:
+        return int(json.loads((ckpt / "step.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

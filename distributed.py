@@ -11,6 +11,8 @@ that takes:
   reduce-scatters the gradients in backward, and a process that skipped a pass would wait there
   forever), so a process that has run out of rows runs zero-weight passes (`micro_batches`);
 - statistics are sums over all processes (`sum_over_processes`);
+- what only the main process may do (take the run folder's lock, verify a checkpoint) runs there,
+  and every process gets its result or its refusal (`on_main`);
 - a run ends with every process still alive when the process group goes (`shut_down`).
 """
 
@@ -24,7 +26,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from accelerate import Accelerator, FullyShardedDataParallelPlugin
 from accelerate.state import PartialState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, broadcast_object_list
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
 # --sharding (config.SHARDINGS): "auto" lets memory.py pick ddp when the plan says it fits, else
@@ -187,3 +189,19 @@ def shut_down(accelerator: Accelerator) -> None:
     gc.collect()
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def on_main(accelerator: Accelerator, fn):
+    """fn() on the main process; every process returns its result, or raises its ValueError."""
+    box = [(None, None)]
+    if accelerator.is_main_process:
+        try:
+            box = [(fn(), None)]
+        except ValueError as e:
+            box = [(None, str(e))]
+    if accelerator.num_processes > 1:
+        box = broadcast_object_list(box)
+    value, error = box[0]
+    if error is not None:
+        raise ValueError(error)
+    return value

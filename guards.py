@@ -2,7 +2,8 @@
 around the real work: known errors become one-line messages, and the mistakes people make in
 their first hour are caught before anything heavy starts.
 
-    guards.run("train.py", main, argv)  ValueError, OSError, ImportError -> "train.py: error: ..."
+    guards.run("train.py", main, argv)  ValueError, OSError, ImportError -> "train.py: error: ...";
+                                        Ctrl-C -> one line, exit status 130
     check_model(name)                   a mistyped local --model fails at once (no hub retries)
     check_gpu(preset, model, presets)   a GPU preset on a machine without one says what to run
     check_layers(model, layers)         --layers outside the model, named as the flag
@@ -28,9 +29,17 @@ KNOWN_ERRORS = (ValueError, OSError, ImportError)
 
 
 def run(prog: str, main: Callable, argv: Sequence[str] | None = None):
-    """main(argv), with a known error printed as one line `PROG: error: MESSAGE` (exit status 1)."""
+    """main(argv), with a known error printed as one line `PROG: error: MESSAGE` (exit status 1)
+    and an interrupt (Ctrl-C) as one line `PROG: MESSAGE` (train.py's names how to go on; exit
+    status 130, the shell's for SIGINT)."""
     try:
         return main(argv)
+    except KeyboardInterrupt as e:
+        if os.environ.get("FLOWTRACER_TRACEBACK"):
+            raise
+        if os.environ.get("RANK", "0") == "0":  # one line, from the main process
+            print(f"\n{prog}: {e or 'interrupted'}", file=sys.stderr)
+        raise SystemExit(130) from None
     except KNOWN_ERRORS as e:
         if os.environ.get("FLOWTRACER_TRACEBACK"):
             raise
@@ -111,14 +120,17 @@ def unencodable(tokenizer, prompts: Sequence[str]) -> tuple[list[int], list[str]
     return bad, [c for c, s in zip(chars, spelled) if s != c]
 
 
-def warn_unencodable(prog: str, tokenizer, sets: Mapping[str, Sequence], model: str) -> None:
+def warn_unencodable(prog: str, tokenizer, sets: Mapping[str, Sequence], model: str) -> bool:
     """One warning line per set of examples (name -> [dataspec.Example]) with prompts the tokenizer
-    cannot spell: their text would reach the model as <unk> or worse."""
+    cannot spell: their text would reach the model as <unk> or worse. Whether it warned."""
+    warned = False
     for name, examples in sets.items():
         bad, chars = unencodable(tokenizer, [e.prompt for e in examples])
         if not bad:
             continue
+        warned = True
         shown = " ".join(repr(c) for c in chars[:12]) + (" ..." if len(chars) > 12 else "")
         print(f"{prog}: warning: {len(bad)} of {len(examples)} prompts of {name} do not survive "
               f"the tokenizer of {model} (first: {examples[bad[0]].id}); it cannot spell "
               f"{shown}", file=sys.stderr)
+    return warned

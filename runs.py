@@ -25,21 +25,25 @@ checkpoint gets its final name once complete: a kill at any point leaves the pre
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import socket
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
 
 import config
-from checkpoints import CheckpointError, checkpoint_dirs, file_digests, verify
+import distributed
+from checkpoints import CheckpointError, checkpoint_dirs, file_digests, recorded_step, verify
 
 # Fields that say how this process runs, not what the run is: never taken from a saved config.
 PER_INVOCATION = ("out", "resume", "overwrite", "allow_config_change")
@@ -94,7 +98,7 @@ def lock_run(out: Path) -> None:
         f.seek(0)
         holder = _holder(f.read())
         f.close()
-        raise SystemExit(f"{out} is in use by another train.py ({holder}); wait for it to end, or "
+        raise ValueError(f"{out} is in use by another train.py ({holder}); wait for it to end, or "
                          "use another --out") from None
     f.seek(0)
     previous = f.read()
@@ -171,6 +175,8 @@ class Run:
     changes: list[dict] = field(default_factory=list)  # flags changed on --resume
     metrics: list[dict] = field(default_factory=list)  # the log up to `start`
     finished: bool = False  # a finished run resumed: nothing to do
+    made: list[Path] = field(default_factory=list)  # what open_run created: the lock, folders
+    begun: bool = False  # begin() has written config.json: the folder is the run's now
 
     def measured(self, step: int, accuracy: float) -> float:
         """Record a held-out accuracy (step 0: the one before RL); returns it."""
@@ -219,48 +225,77 @@ def _saved_config(out: Path) -> dict | None:
     return None
 
 
-def on_main(accelerator: Accelerator, fn):
-    """fn() on the main process; every process returns its result, or raises its SystemExit."""
-    box = [(None, None)]
-    if accelerator.is_main_process:
-        try:
-            box = [(fn(), None)]
-        except SystemExit as e:
-            box = [(None, str(e.code))]
-    if accelerator.num_processes > 1:
-        box = broadcast_object_list(box)
-    value, error = box[0]
-    if error is not None:
-        raise SystemExit(error)
-    return value
-
-
 def open_run(accelerator: Accelerator, out: Path, cfg: config.Config) -> Run:
-    """Take the folder's lock, remove stale temporaries, then start a new run (refusing a folder
-    that holds checkpoints unless --overwrite) or pick the checkpoint to resume (`_resume`). Writes
-    config.json and run.json only once the run is accepted. Runs on the main process; every
-    process gets the same Run."""
+    """The run folder, before anything loads: take its lock, accept a new run (refusing a folder
+    that holds checkpoints unless --overwrite) or pick the checkpoint to resume (`_resume`), then
+    remove stale temporaries. A mistake is a ValueError that leaves no file or folder behind and
+    changes none. Writes nothing else (`begin` does, once the run has loaded). Runs on the main
+    process; every process gets the same Run."""
     def main_process() -> Run:
+        if cfg.resume and not out.is_dir():
+            raise ValueError(f"--resume: {out} does not exist, so there is no run to resume")
         # what this start makes: the lock file, the folders up to `out` (deepest first)
         made = [p for p in (out / ".lock", out, *out.parents) if not p.exists()]
         out.mkdir(parents=True, exist_ok=True)
         lock_run(out)
         try:
-            stale = clean_temporaries(out)
-            if stale:
-                note(f"removed what an interrupted run left half-written: "
-                      f"{', '.join(str(p.relative_to(out)) for p in stale)}")
             run = _resume(out, cfg) if cfg.resume else _start(out, cfg)
-            if not run.finished:
-                atomic_write(out / "config.json", json.dumps(run.config, indent=2))
-                atomic_write(out / "run.json", json.dumps(run.record(run.start), indent=2))
-            return run
-        except BaseException:  # a refused start leaves no file or folder it made
+        except BaseException:
             unlock_run(out)
             _remove_made(made)
             raise
+        stale = clean_temporaries(out)  # once accepted: a refused start changes nothing
+        if stale:
+            note(f"removed what an interrupted run left half-written: "
+                 f"{', '.join(str(p.relative_to(out)) for p in stale)}")
+        run.made = made
+        return run
 
-    return on_main(accelerator, main_process)
+    return distributed.on_main(accelerator, main_process)
+
+
+def begin(accelerator: Accelerator, run: Run) -> None:
+    """The run has loaded: the folder becomes the run's (--overwrite clears the old checkpoints;
+    config.json and run.json are written)."""
+    if accelerator.is_main_process:
+        if run.config["overwrite"] and run.checkpoint is None:
+            shutil.rmtree(run.out / "checkpoints", ignore_errors=True)
+        atomic_write(run.out / "config.json", json.dumps(run.config, indent=2))
+        atomic_write(run.out / "run.json", json.dumps(run.record(run.start), indent=2))
+    run.begun = True
+
+
+@contextlib.contextmanager
+def guarded(accelerator: Accelerator, run: Run) -> Iterator[None]:
+    """The run after open_run. A start that fails before `begin` leaves nothing open_run made; an
+    interrupt (Ctrl-C) releases the lock and becomes one KeyboardInterrupt naming the newest
+    checkpoint and the command that goes on from it (guards.run prints it; exit status 130)."""
+    try:
+        yield
+    except BaseException as e:
+        stop = isinstance(e, KeyboardInterrupt)
+        if accelerator.is_main_process and (stop or not run.begun):
+            unlock_run(run.out)
+            if not run.begun:
+                _remove_made(run.made)
+        if stop:
+            raise KeyboardInterrupt(interrupted(run, accelerator.num_processes)) from None
+        raise
+
+
+def interrupted(run: Run, processes: int) -> str:
+    """What an interrupted run tells its user: where it stands and the exact command to go on."""
+    if not run.begun:
+        return "interrupted before the run began; nothing was written"
+    saved = checkpoint_dirs(run.out)
+    if not saved:
+        return ("interrupted before the first checkpoint (--save-every "
+                f"{run.config['save_every']}), so there is nothing to resume; the same command "
+                "starts the run again")
+    script = sys.argv[0] if sys.argv[0].endswith("train.py") else "train.py"
+    launch = "python" if processes == 1 else "accelerate launch [your launch flags]"
+    return (f"interrupted; the newest checkpoint is {saved[-1]}: go on with `{launch} "
+            f"{shlex.quote(script)} --out {shlex.quote(str(run.out))} --resume`")
 
 
 def _remove_made(made: list[Path]) -> None:
@@ -273,11 +308,16 @@ def _remove_made(made: list[Path]) -> None:
 
 
 def _start(out: Path, cfg: config.Config) -> Run:
-    if checkpoint_dirs(out) and not cfg.overwrite:
-        raise SystemExit(f"{out} already holds checkpoints: pass --resume to continue it, "
+    """A new run; its folder's old checkpoints go in `begin` (--overwrite), once it has loaded."""
+    saved = checkpoint_dirs(out)
+    if saved and not cfg.overwrite:
+        step = recorded_step(saved[-1])
+        if step is not None and step >= cfg.steps:
+            raise ValueError(f"{out} holds a finished run (step {step} of --steps {cfg.steps}): "
+                             "--resume prints its result, --overwrite starts it over, or use "
+                             "another --out")
+        raise ValueError(f"{out} already holds checkpoints: pass --resume to continue it, "
                          "--overwrite to start over, or --out for a new run folder")
-    if cfg.overwrite:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return Run(out=out, config=dataclasses.asdict(cfg))
 
 
@@ -285,7 +325,7 @@ def _resume(out: Path, cfg: config.Config) -> Run:
     """The newest intact checkpoint (verify), checked against the flags given now."""
     dirs = checkpoint_dirs(out)
     if not dirs:
-        raise SystemExit(f"--resume: no checkpoint in {out}/checkpoints")
+        raise ValueError(f"--resume: no checkpoint in {out}/checkpoints")
     damaged: list[tuple[Path, str]] = []
     for ckpt in reversed(dirs):
         try:
@@ -294,8 +334,8 @@ def _resume(out: Path, cfg: config.Config) -> Run:
         except CheckpointError as e:
             damaged.append((ckpt, str(e)))
     else:
-        lines = "\n  ".join(why for _, why in damaged)
-        raise SystemExit(f"--resume: no intact checkpoint in {out}/checkpoints:\n  {lines}")
+        raise ValueError(f"--resume: no intact checkpoint in {out}/checkpoints: "
+                         + "; ".join(why for _, why in damaged))
     log = (ckpt / "metrics.jsonl").read_text().splitlines()
     run = Run(out=out, config=dataclasses.asdict(cfg), start=record["step"], checkpoint=ckpt,
               before=record["before"], eval_step=record["eval"]["step"],
@@ -310,10 +350,10 @@ def _resume(out: Path, cfg: config.Config) -> Run:
                if k in run.config and k not in PER_INVOCATION and run.config[k] != v}
     refused = [k for k in changed if k not in RESUME_SAFE]
     if refused and not cfg.allow_config_change:
-        lines = "\n  ".join(f"{_flag(k)}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        flags = "; ".join(f"{_flag(k)}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
         safe = " ".join(_flag(k) for k in RESUME_SAFE)
-        raise SystemExit(f"--resume: {ckpt} was trained with other values of flags that change "
-                         f"what the run means:\n  {lines}\nleave them out to go on as the run "
+        raise ValueError(f"--resume: {ckpt} was trained with other values of flags that change "
+                         f"what the run means ({flags}); leave them out to go on as the run "
                          f"started, or add --allow-config-change to apply them from step "
                          f"{run.start + 1} on (recorded in {out / 'run.json'}); flags that "
                          f"--resume may change: {safe}")

@@ -151,6 +151,26 @@ def score_and_filter(cfg: Config, ro: rollout.Rollout, examples: list[Example], 
     return advantages, keep, sums
 
 
+def why_nothing_kept(cfg: Config, record: dict, unspellable: bool = False) -> str:
+    """Why a step kept no sample (score_and_filter's filters), from its record's shares."""
+    n, why = record["samples"], []
+    cut = round(record["truncated"] * n) if cfg.drop_truncated else 0
+    if cut:
+        why.append(f"{cut} were cut off at --max-new-tokens {cfg.max_new_tokens} before an "
+                   "end-of-sequence token")
+    if cut < n:
+        band = f"[--min-difficulty {cfg.min_difficulty}, --max-difficulty {cfg.max_difficulty}]"
+        if record["reward"] in (0.0, 1.0):
+            why.append(f"every response scored {record['reward']:g}, so no group's rewards vary "
+                       f"(its mean reward is outside {band})")
+        else:
+            why.append(f"no group's mean reward lies within {band}: each is too hard or too "
+                       "easy")
+    if unspellable:
+        why.append("the prompts the tokenizer cannot spell (warned above) reach the model garbled")
+    return "; ".join(why)
+
+
 def credit_batch(cfg: Config, ro: rollout.Rollout, keep: torch.Tensor, advantages: torch.Tensor,
                  lm, step: int, rank: int, tokenizer=None) -> Batch:
     """3. gamma [b, T] of the kept rows, micro-batch by micro-batch (the flow solve is [b, T, T]
@@ -305,13 +325,28 @@ def main(argv: list[str] | None = None) -> dict:
     guards.check_gpu(cfg.preset, cfg.model, PRESETS)
     plan = memory.check_run(cfg)  # a run predicted not to fit stops here, naming the fixes
     accelerator = distributed.make_accelerator(cfg.bf16, plan.sharding)
+    # the run folder before anything loads: its lock, stale temporaries, the verified checkpoint
+    # to resume; a mistake (no run to resume, a folder that holds one) stops here, and a
+    # finished run prints its result
+    run = runs.open_run(accelerator, out, cfg)
+    if run.finished:
+        result = runs.finish(accelerator, run)
+        distributed.shut_down(accelerator)
+        return result
+    with runs.guarded(accelerator, run):  # a failed start leaves nothing; Ctrl-C: how to go on
+        return train(cfg, accelerator, run, plan)
+
+
+def train(cfg: Config, accelerator: Accelerator, run: runs.Run, plan: memory.Plan) -> dict:
+    """The run main has opened: load data and model, begin the run folder, train, finish."""
+    out = run.out
     accelerator.print(memory.report(cfg, plan))
     if cfg.prompts_per_step % accelerator.num_processes:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the "
                          f"number of processes ({accelerator.num_processes})")
     set_seed(cfg.seed, device_specific=True)
 
-    # data first: a broken file fails in a second, before the model loads or the folder appears
+    # data first: a broken file fails in a second, before the model loads
     eval_examples = harness.held_out_examples(cfg)
     train_examples = data.without_overlap(harness.training_examples(cfg), eval_examples)
     kinds = {e.kind for e in train_examples}
@@ -320,16 +355,9 @@ def main(argv: list[str] | None = None) -> dict:
     # FSDP moves each process's shards to its device itself: the whole model never lands there
     lm, tokenizer = harness.load_for_training(cfg, torch.device("cpu") if accelerator.is_fsdp2
                                               else accelerator.device)
-    if accelerator.is_main_process:
-        guards.warn_unencodable("train.py", tokenizer,
-                                {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
-    # the run folder appears once the run can start: the lock, stale temporaries, the verified
-    # checkpoint to resume, config.json
-    run = runs.open_run(accelerator, out, cfg)
-    if run.finished:
-        result = runs.finish(accelerator, run)
-        distributed.shut_down(accelerator)
-        return result
+    unspellable = accelerator.is_main_process and guards.warn_unencodable(
+        "train.py", tokenizer, {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
+    runs.begin(accelerator, run)  # config.json, run.json: the folder is this run's now
     policy = Policy(lm, cfg.temperature)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = max(1, cfg.warmup_steps)
@@ -349,22 +377,37 @@ def main(argv: list[str] | None = None) -> dict:
         log.write({"step": 0, "eval_accuracy": run.before})
     bar = tqdm(range(run.start, cfg.steps), desc="train", disable=not accelerator.is_main_process,
                dynamic_ncols=True, initial=run.start, total=cfg.steps)  # a resumed run counts on
+    said_why = False
     for step in bar:
         record = train_step(cfg, accelerator, wrapped, optimizer, tokenizer, train_examples, step)
         record["lr"] = optimizer.param_groups[0]["lr"]  # the step's learning rate
-        scheduler.step()
+        if not record.get("skipped"):  # the schedule counts updates
+            scheduler.step()
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
             accuracy = harness.held_out_accuracy(cfg, accelerator, wrapped, tokenizer,
                                                  eval_examples)
             record["eval_accuracy"] = run.measured(done, accuracy)
         log.write(record)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{run.accuracy:.3f}")
+        skipped = sum(1 for r in log.records if r.get("skipped"))
+        if record.get("skipped") and not said_why and accelerator.is_main_process:
+            said_why = True  # the first step that trains on nothing says why
+            tqdm.write(f"train.py: warning: step {done} kept 0 of {record['samples']} samples and "
+                       f"made no update: {why_nothing_kept(cfg, record, unspellable)}",
+                       file=sys.stderr)
+        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{run.accuracy:.3f}",
+                        **({"skipped": skipped} if skipped else {}))
         if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
             runs.save_checkpoint(accelerator, wrapped, tokenizer, run, log.records, done,
                                  cfg.keep_checkpoints)
+    bar.close()
     if accelerator.is_main_process:
         metrics.plot(log.records, out / "curves.png", cfg.plot_ema)
+        skipped = sum(1 for r in log.records if r.get("skipped"))
+        if 2 * skipped > cfg.steps:  # all or most of the steps: the run trained on nothing
+            print(f"train.py: warning: {skipped} of {cfg.steps} steps kept no sample and made no "
+                  "update" + (": the model is the one the run started from" if skipped == cfg.steps
+                              else ""), file=sys.stderr)
     result = runs.finish(accelerator, run)  # run.json: finished; the closing lines; the lock goes
     del wrapped, optimizer, policy
     distributed.shut_down(accelerator)

@@ -7,8 +7,8 @@ per job (it never runs torch itself, so forking is safe, as in a forkserver).
     python tests/fault_run.py     # one JSON job per line on stdin, one JSON result per line out
 
 A job: {"argv": [...], "log": PATH, "kill": KILL or null, "timeout": seconds, "background": bool}.
-The child runs train.main(argv), its stdout and stderr going to PATH, and SIGKILLs itself where
-KILL says:
+The child runs train.main(argv) as train.py does (guards.run: one-line errors), its stdout and
+stderr going to PATH, and SIGKILLs itself where KILL says:
     {"at": "write", "file": NAME}       halfway through its first write of a file whose name holds
                                         NAME (half the text is written and flushed, then the kill)
     {"at": "rename", "to": NAME}        just before an os.replace onto a path named NAME
@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import guards
 import metrics
 import train
 
@@ -120,11 +121,11 @@ def child(job: dict) -> None:
         sys.stderr = io.TextIOWrapper(os.fdopen(2, "wb", buffering=0), write_through=True)
         if job.get("kill"):
             install(job["kill"])
-        train.main(job["argv"])
-    except SystemExit as e:
-        if e.code not in (None, 0):
+        guards.run("train.py", train.main, job["argv"])  # what a user sees: one-line errors
+    except SystemExit as e:  # as the interpreter: a message is printed, a number is the status
+        if isinstance(e.code, str):
             print(e.code, file=sys.stderr)
-            code = e.code if isinstance(e.code, int) else 1
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
     except BaseException:  # noqa: BLE001 (any crash: its traceback goes to the log)
         traceback.print_exc()
         code = 2

@@ -380,6 +380,74 @@ def test_a_second_run_is_refused_and_a_dead_runs_lock_taken_over(runner, tmp_pat
     assert _read(out / ".lock") == ""
 
 
+# --------------------------------------------------------------------------------------------------
+# The first minutes: run-folder mistakes before anything loads, Ctrl-C
+
+
+@pytest.fixture(scope="module")
+def loud(tmp_path_factory) -> str:
+    """A model folder whose loading fails loudly (tiny's config.json, so the memory plan can be
+    made; no tokenizer files, so no chat template; weights that are no safetensors file): a run
+    that loads it before refusing ends in another error."""
+    folder = tmp_path_factory.mktemp("loud")
+    shutil.copy(ROOT / "tiny" / "qwen3-arith" / "config.json", folder)
+    (folder / "model.safetensors").write_text("not a model")
+    return str(folder)
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file and folder below `folder` with its content (None: a folder)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_run_folder_mistakes_are_refused_before_anything_loads(runner, reference, loud, tmp_path):
+    """Each is the one line a user sees (no memory plan before it) and leaves the files as they
+    were; a finished run resumed prints its result without loading the model."""
+    missing, finished = tmp_path / "runs" / "does-not-exist", tmp_path / "finished"
+    shutil.copytree(reference.out, finished)
+    cases = [(missing, ["--resume"], f"--resume: {missing} does not exist, so there is no run "
+                                     "to resume"),
+             (finished, [], f"{finished} holds a finished run (step 3 of --steps 3): --resume "
+                            "prints its result, --overwrite starts it over, or use another --out"),
+             (finished, ["--steps", "5"], f"{finished} already holds checkpoints: pass --resume "
+                                          "to continue it, --overwrite to start over, or --out "
+                                          "for a new run folder")]
+    for out, extra, message in cases:
+        before = tree(tmp_path)
+        done = runner.run(out, *TINY, *extra, "--model", loud)
+        assert (done.rc, done.output.splitlines()) == (1, [f"train.py: error: {message}"])
+        assert tree(tmp_path) == before
+    done = runner.run(finished, *TINY, "--resume", "--model", loud)
+    assert done.rc == 0, done.output[-3000:]
+    assert done.output.splitlines() == [
+        f"note: {finished}/checkpoints/step-000003 is at step 3 of --steps 3: the run is "
+        "finished, nothing to do", f"run folder: {finished}", result_line(reference.output)]
+    # positive control: the loud model fails a run that does load it
+    done = runner.run(tmp_path / "new", *TINY, "--model", loud)
+    assert done.rc == 1 and "memory plan" in done.output, done.output[-3000:]
+    assert not (tmp_path / "new").exists()  # a failed start leaves nothing behind
+
+
+def test_ctrl_c_ends_in_one_line_naming_the_checkpoint_and_the_command(tmp_path):
+    """SIGINT to the process group of a real train.py, as Ctrl-C in a terminal sends it."""
+    out, script = tmp_path / "run", str(ROOT / "train.py")
+    proc = subprocess.Popen([sys.executable, script, *TINY, "--steps", "1000", "--out", str(out)],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and not runs.checkpoint_dirs(out) and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    newest = runs.checkpoint_dirs(out)[-1]
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (f"train.py: interrupted; the newest checkpoint is {newest}: "
+                                    f"go on with `python {script} --out {out} --resume`")
+    runs.verify(newest)  # complete and intact
+    assert (out / ".lock").read_text() == ""  # released: the next run takes it without a note
+
+
 ONE_PROCESS = types.SimpleNamespace(is_main_process=True, num_processes=1)  # for runs.open_run
 
 
@@ -388,12 +456,17 @@ def test_a_refused_resume_leaves_no_lock_and_no_folder_behind(tmp_path):
     refusal leaves the file tree as it was (no .lock, no new folder)."""
     cfg = config.Config(resume=True)
     missing = tmp_path / "runs" / "does-not-exist"
-    with pytest.raises(SystemExit, match=r"^--resume: no checkpoint in .*/does-not-exist/"):
+    with pytest.raises(ValueError, match=r"^--resume: .*/does-not-exist does not exist"):
         runs.open_run(ONE_PROCESS, missing, cfg)
     assert list(tmp_path.iterdir()) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"^--resume: no checkpoint in .*/empty/checkpoints$"):
+        runs.open_run(ONE_PROCESS, empty, cfg)
+    assert list(empty.iterdir()) == []
     damaged = tmp_path / "damaged"
     (damaged / "checkpoints" / "step-000001").mkdir(parents=True)  # no step.json
-    with pytest.raises(SystemExit, match="no intact checkpoint"):
+    with pytest.raises(ValueError, match="no intact checkpoint"):
         runs.open_run(ONE_PROCESS, damaged, cfg)
     assert sorted(p.relative_to(damaged).as_posix() for p in damaged.rglob("*")) == [
         "checkpoints", "checkpoints/step-000001"]
@@ -401,6 +474,7 @@ def test_a_refused_resume_leaves_no_lock_and_no_folder_behind(tmp_path):
     run = runs.open_run(ONE_PROCESS, missing, config.Config())
     assert (missing / ".lock").is_file()
     runs.unlock_run(run.out)
+    shutil.rmtree(tmp_path / "runs")
 
 
 def _read(path: Path) -> str:

@@ -4,6 +4,7 @@ Every credit strategy, resume after kill -9, bad input. Several processes (DDP, 
 tests/test_distributed.py.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -242,9 +244,9 @@ def test_peak_tracking_ema_by_hand():
 
 def test_existing_run_needs_resume_or_overwrite(tmp_path):
     (tmp_path / "checkpoints" / "step-000002").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
         train.main(SMALL + ["--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(ValueError, match="fresh does not exist, so there is no run to resume"):
         train.main(SMALL + ["--out", str(tmp_path / "fresh"), "--resume"])
 
 
@@ -310,6 +312,41 @@ def test_train_and_eval_overlap_is_checked_before_the_model_loads(tmp_path, caps
     with pytest.raises(Loaded):  # as far as loading the model
         train.main(argv + ["--eval-data", str(part)])
     assert "1 of 4 training examples are also in the held-out set" in capsys.readouterr().err
+
+
+def test_a_run_that_keeps_no_sample_says_why_and_says_so_at_its_end(tmp_path, capsys):
+    """--max-new-tokens 1: every response is cut off before its EOS, so every step keeps nothing;
+    the first says why, the end says the model did not move, and no PyTorch warning about the
+    scheduler stepping without the optimizer appears."""
+    torch.set_num_threads(1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train.main(SMALL + ["--steps", "2", "--max-new-tokens", "1", "--out", str(tmp_path)])
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+    said = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert said == [
+        "train.py: warning: step 1 kept 0 of 32 samples and made no update: 32 were cut off at "
+        "--max-new-tokens 1 before an end-of-sequence token",
+        "train.py: warning: 2 of 2 steps kept no sample and made no update: the model is the one "
+        "the run started from"]
+    assert [r.get("skipped") for r in records(tmp_path) if "reward" in r] == [1.0, 1.0]
+    saved = load_file(str(tmp_path / "checkpoints" / "step-000002" / "model" / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in initial_weights().items())
+
+
+def test_why_nothing_was_kept_by_hand():
+    cfg = train.Config()  # --min-difficulty 0.1, --max-difficulty 0.95, drop truncated
+    band = "[--min-difficulty 0.1, --max-difficulty 0.95]"
+    wrong = {"samples": 16, "reward": 0.0, "truncated": 0.0}
+    assert train.why_nothing_kept(cfg, wrong) == (
+        f"every response scored 0, so no group's rewards vary (its mean reward is outside {band})")
+    mixed = {"samples": 16, "reward": 0.5, "truncated": 0.25}  # e.g. groups all 0 and all 1
+    assert train.why_nothing_kept(cfg, mixed, unspellable=True) == (
+        "4 were cut off at --max-new-tokens 40 before an end-of-sequence token; no group's mean "
+        f"reward lies within {band}: each is too hard or too easy; the prompts the tokenizer "
+        "cannot spell (warned above) reach the model garbled")
+    kept_cut = dataclasses.replace(cfg, drop_truncated=False)  # truncation is then no reason
+    assert train.why_nothing_kept(kept_cut, mixed).startswith("no group's mean reward")
 
 
 def test_batch_cat_pads_and_rows_trims():
