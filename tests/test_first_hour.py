@@ -92,7 +92,7 @@ def test_the_install_lines_are_the_ones_ci_runs():
 
 def test_readme_stays_short_and_the_user_docs_never_name_the_shared_folder():
     """../shared/benchmarks is on the project's machines only: benchmarks/README.md names it."""
-    assert len(README.splitlines()) < 200
+    assert len(README.splitlines()) <= 250  # the house rule (developers' guide)
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = path.read_text()
         assert "../shared" not in text and "Developer note" not in text, path.name
