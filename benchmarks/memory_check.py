@@ -137,6 +137,20 @@ def word_tokenizer(vocab: int):
                                    unk_token="t0")
 
 
+def check_sharded(accelerator, model, params: int) -> None:
+    """Raises unless this process holds part of the model's `params` parameters (DTensor shards)
+    and the parts of all processes add up to them: accelerate can fall back to DDP without an
+    error (docs/scaling.md), and an FSDP row measured on whole parameters would be a DDP row."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    held = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in model.parameters())
+    total = int(accelerator.reduce(torch.tensor(held), "sum"))
+    if held >= params or total != params:
+        raise RuntimeError(f"FSDP: this process holds {held} of the model's {params} parameters, "
+                           f"all {accelerator.num_processes} processes {total}: not sharded")
+
+
 def measure(shape: dict | None, run: dict, prompt: int, new: int, sharding: str,
             pretrained: str | None = None) -> dict:
     """{phase: (predicted bytes, measured bytes)} of this process for one configuration: a random
@@ -182,12 +196,8 @@ def measure(shape: dict | None, run: dict, prompt: int, new: int, sharding: str,
     model, optimizer = distributed.prepare(accelerator, policy, optimizer)
     plan = memory.plan(cfg, n, sharding, 1 << 40, "cuda" if cuda else "cpu",
                        memory.shape_of_config(config, pretrained or "random"))
-    if accelerator.is_fsdp2:  # accelerate falls back to DDP silently on CPU: check the shards
-        held = sum(p.to_local().numel() for p in model.parameters())
-        total = int(accelerator.reduce(torch.tensor(held), "sum"))
-        if held >= plan.shape.params or total != plan.shape.params:
-            raise RuntimeError(f"FSDP: this process holds {held} of {plan.shape.params} "
-                               f"parameters, all {n} processes {total}: not sharded")
+    if sharding == "fsdp":
+        check_sharded(accelerator, model, plan.shape.params)
 
     generator = torch.Generator().manual_seed(1 + accelerator.process_index)
 

@@ -3,6 +3,7 @@ ran).
 
     python benchmarks/real_model.py --table1 runs/table1/progress.jsonl \
         [--bands runs/bands.json] [--band-table1 BAND=PROGRESS ...] [--steps NAME=RUN_DIR ...]
+        [--memory runs/memory.json]
 
 --table1: the progress file of `analyze.py intervene --progress` (finished batches only, so a run
 still going or cut off gives the counts so far, marked "finished": false). Keys (fixed: outside
@@ -11,7 +12,9 @@ rate with its 95% Wilson interval over n compared responses; table1_reversal the
 correctness reversals (over responses with a gold); table1_run: problems sampled, done, boxed,
 skipped. --bands: `analyze.py bands --json`. --band-table1 BAND=PROGRESS: a band's high-flow
 blocking (`intervene --layers ... --conditions high --progress`). --steps NAME=RUN_DIR: a train.py
-run's time per phase (metrics.jsonl). Keys already in --out and not given now are kept.
+run's time per phase (metrics.jsonl). --memory: `benchmarks/memory_check.py --json` of the smollm2
+configurations (key memory: the memory plan against measured peaks). Keys already in --out and not
+given now are kept.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ def main(argv=None) -> None:
     ap.add_argument("--bands", type=Path)
     ap.add_argument("--band-table1", nargs="+", default=[])
     ap.add_argument("--steps", nargs="+", default=[])
+    ap.add_argument("--memory", type=Path)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "real_model.json")
     args = ap.parse_args(argv)
     result = json.loads(args.out.read_text()) if args.out.is_file() else {}
@@ -103,6 +107,8 @@ def main(argv=None) -> None:
         result["bands_table1_high"] = band_table1(args.band_table1)
     if args.steps:
         result["step_cost"] = step_costs(args.steps)
+    if args.memory:
+        result["memory"] = json.loads(args.memory.read_text())
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("table1",) if k in result}, indent=1))
 

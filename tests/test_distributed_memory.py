@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import config
 import memory
@@ -195,3 +196,16 @@ def test_gpu_check_runs_at_toy_size_on_cpu():
     for section in ("1./2.", "3. flow", "4. credit share", "5. one optimizer step"):
         assert section in out, section
     assert "qwen3-4b-math-8k" in out and "evaluate" in out
+
+
+def test_memory_check_refuses_an_fsdp_row_whose_model_is_not_sharded():
+    """benchmarks/memory_check.py's FSDP configurations stop when the process holds whole
+    parameters (accelerate's silent fallback to DDP) instead of measuring a DDP run as FSDP."""
+    from accelerate import Accelerator
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import memory_check
+
+    lm = torch.nn.Linear(4, 5)  # 25 parameters, all held by this one process
+    with pytest.raises(RuntimeError, match="holds 25 of the model's 25 parameters"):
+        memory_check.check_sharded(Accelerator(cpu=True), lm, 25)
