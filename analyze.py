@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+import capture
 import config
 import dataspec
 import guards
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     examples = read_prompts(getattr(args, "prompt", None), args.prompts, args.problems, args.seed,
                             args.data_dir, args.data_format, args.data_fields)
     model, tokenizer = load_model(args.model)
-    guards.check_layers(model, args.layers)
+    capture.check_layers(model, args.layers)
     source = args.prompts or ("--prompt" if getattr(args, "prompt", None) else "the tiny task")
     guards.warn_unencodable("analyze.py", tokenizer, {source: examples}, args.model)
     t0 = time.time()

@@ -72,6 +72,14 @@ def resolve_layers(model, layers: Sequence[int] | None) -> list[int]:
     return layers
 
 
+def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+    """resolve_layers for a command's --layers (train.py, analyze.py): its error names the flag."""
+    try:
+        return resolve_layers(model, layers)
+    except ValueError as e:
+        raise ValueError(f"--layers {','.join(map(str, layers or []))}: {e}") from None
+
+
 # --------------------------------------------------------------------------------------------------
 # The attention function and its capture state
 

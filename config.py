@@ -268,12 +268,12 @@ def _real(x, low: float, high: float, open_low: bool = False, open_high: bool = 
 
 
 def ratio_ok(x) -> bool:
-    """eq. (6)'s ratio is a share of the response tokens: a number in [0, 1] (flow.check_ratio)."""
+    """eq. (6)'s ratio is a share of the response tokens: a number in [0, 1] (guards.check_ratio)."""
     return _real(x, 0, 1)
 
 
 def gamma_ok(x) -> bool:
-    """eq. (6)'s gamma_flow is a finite weight > 0 (flow.check_gamma; grpo.policy_loss's min
+    """eq. (6)'s gamma_flow is a finite weight > 0 (guards.check_gamma; grpo.policy_loss's min
     identity and credit.credit_gamma need gamma > 0)."""
     return _real(x, 0, math.inf, open_low=True, open_high=True)
 

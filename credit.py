@@ -23,6 +23,7 @@ from torch import Tensor
 import baselines
 import config
 import flow
+import guards
 from baselines import CreditInputs
 
 
@@ -69,8 +70,8 @@ def credit_gamma(
     if strategy not in CREDIT_STRATEGIES:
         raise ValueError(f"unknown credit strategy {strategy!r}; "
                          f"valid: {', '.join(CREDIT_STRATEGIES)}")
-    flow.check_ratio(ratio)
-    flow.check_gamma(gamma)
+    guards.check_ratio(ratio)
+    guards.check_gamma(gamma)
     mask = rollout.response_mask
     if mask.dtype != torch.bool or mask.dim() != 2:
         raise ValueError("rollout.response_mask must be bool [B, T], "

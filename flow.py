@@ -36,64 +36,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from config import GAMMA, RATIO, gamma_ok, ratio_ok
+from config import GAMMA, RATIO
+from guards import (check_candidates, check_dtype, check_gamma, check_mask, check_ratio,
+                    check_square)
 
-__all__ = [
-    "influence_graph",
-    "potential",
-    "reweight",
-    "forward_flow",
-    "throughput",
-    "trace",
-    "FlowField",
-    "RATIO",
-    "GAMMA",
-    "top_k_mask",
-    "credit_weights",
-    "flow_scores",
-    "flow_credit",
-    "check_ratio",
-    "check_gamma",
-]
-
-
-# --------------------------------------------------------------------------------------------------
-# input checks
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_square(W: Tensor, name: str) -> None:
-    """A real [..., T, T] matrix without negative entries (attention weights, and the graphs made of
-    them: a negative weight would make h, f and tau negative)."""
-    if W.dim() < 2 or W.shape[-1] != W.shape[-2]:
-        raise ValueError(f"{name} must be [..., T, T], got shape {tuple(W.shape)}")
-    if W.is_complex() or not W.is_floating_point():
-        raise ValueError(f"{name} must be a real floating tensor, got {W.dtype}")
-    if W.numel() and W.amin() < 0:  # one reduction over the matrix; NaN is caught by `trace`
-        raise ValueError(f"{name} has negative entries (min {W.amin().item():.3g}): attention "
-                         "weights are >= 0")
-
-
-def _check_mask(mask: Tensor, W: Tensor, name: str, nonempty: bool) -> None:
-    if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be a bool tensor, got {mask.dtype}")
-    if mask.shape != W.shape[:-1]:
-        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(W.shape[:-1])}")
-    if nonempty:
-        empty = ~mask.any(-1)  # [...]
-        if empty.any():
-            where = "the sequence" if empty.dim() == 0 else "sequence(s) " + ", ".join(
-                str(idx[0] if len(idx) == 1 else tuple(idx))
-                for idx in empty.nonzero().tolist()[:10]
-            )
-            raise ValueError(
-                f"{name} is empty for {where}: flow needs at least one such token per sequence"
-            )
-
-
-def _check_dtype(dtype: torch.dtype) -> None:
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"the flow solve runs in float32 or float64, got {dtype}")
+__all__ = ["influence_graph", "potential", "reweight", "forward_flow", "throughput", "trace",
+           "FlowField", "RATIO", "GAMMA", "top_k_mask", "credit_weights", "flow_scores",
+           "flow_credit"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,7 +57,7 @@ def influence_graph(attn: Tensor) -> Tensor:
     the chosen layers and heads. Returns W: [..., T, T], same dtype, in the paper's orientation
     (row = the earlier token i, column = the later token k that reads it). One pass over the matrix.
     """
-    _check_square(attn, "attn")
+    check_square(attn, "attn")
     return attn.mT.triu(1)  # [..., T, T]
 
 
@@ -159,9 +108,9 @@ def potential(W: Tensor, answer_mask: Tensor, dtype: torch.dtype = torch.float64
     attention (column sums of W <= 1), 0 <= h <= |A|: h(i) is the expected number of backward
     attention walks from the answer tokens that visit i.
     """
-    _check_square(W, "W")
-    _check_mask(answer_mask, W, "answer_mask", nonempty=True)
-    _check_dtype(dtype)
+    check_square(W, "W")
+    check_mask(answer_mask, W, "answer_mask", nonempty=True)
+    check_dtype(dtype)
     return _solve_potential(_system(W, answer_mask, dtype), answer_mask)
 
 
@@ -172,8 +121,8 @@ def reweight(W: Tensor, h: Tensor, answer_mask: Tensor) -> Tensor:
     sums to 1. Materialises W': [..., T, T] in h's dtype. `throughput` never needs it; this is for
     reading, analysis and the tests.
     """
-    _check_square(W, "W")
-    _check_mask(answer_mask, W, "answer_mask", nonempty=False)
+    check_square(W, "W")
+    check_mask(answer_mask, W, "answer_mask", nonempty=False)
     inv_h = torch.where(h > 0, h.reciprocal(), torch.zeros_like(h))  # [..., T]
     inv_h = inv_h.masked_fill(answer_mask, 0.0)  # answer rows -> sink only
     return W.to(h.dtype) * inv_h.unsqueeze(-1) * h.unsqueeze(-2)  # [..., T, T]
@@ -185,9 +134,9 @@ def forward_flow(W_prime: Tensor, prompt_mask: Tensor) -> Tensor:
     Solved as the lower-triangular system (I - W')^T f = s. W_prime: [..., T, T] (float32 or
     float64); prompt_mask: [..., T] bool. Returns f: [..., T] in W_prime's dtype.
     """
-    _check_square(W_prime, "W_prime")
-    _check_mask(prompt_mask, W_prime, "prompt_mask", nonempty=True)
-    _check_dtype(W_prime.dtype)
+    check_square(W_prime, "W_prime")
+    check_mask(prompt_mask, W_prime, "prompt_mask", nonempty=True)
+    check_dtype(W_prime.dtype)
     s = _source(prompt_mask, W_prime.dtype).unsqueeze(-1)  # [..., T, 1]
     M = W_prime.neg().triu(1)  # [..., T, T] strictly upper part of I - W'
     return torch.linalg.solve_triangular(M.mT, s, upper=False, unitriangular=True).squeeze(-1)
@@ -224,10 +173,10 @@ def trace(
     mask nor the attention reaches: rows and columns of padding that are 0 in W (as rollout produces
     them), or tokens after the answer, get h = f = tau = 0 and never change another token's result.
     """
-    _check_square(W, "W")
-    _check_mask(prompt_mask, W, "prompt_mask", nonempty=True)
-    _check_mask(answer_mask, W, "answer_mask", nonempty=True)
-    _check_dtype(dtype)
+    check_square(W, "W")
+    check_mask(prompt_mask, W, "prompt_mask", nonempty=True)
+    check_mask(answer_mask, W, "answer_mask", nonempty=True)
+    check_dtype(dtype)
     if (prompt_mask & answer_mask).any():
         raise ValueError("prompt_mask and answer_mask overlap: the answer must lie in the response")
 
@@ -276,18 +225,6 @@ def throughput(
 # the response tokens by flow get gamma_flow = 1.5.
 
 
-def check_ratio(ratio: float) -> None:
-    """eq. (6)'s ratio must be in [0, 1] (config.ratio_ok, the rule --ratio is checked by)."""
-    if not ratio_ok(ratio):
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
-
-
-def check_gamma(gamma: float) -> None:
-    """eq. (6)'s gamma must be finite and > 0 (config.gamma_ok, the rule of --gamma)."""
-    if not gamma_ok(float(gamma)):  # NaN fails too
-        raise ValueError(f"gamma must be finite and > 0, got {gamma}")
-
-
 def top_k_mask(
     scores: Tensor, candidate_mask: Tensor, ratio: float = RATIO, largest: bool = True
 ) -> Tensor:
@@ -299,13 +236,7 @@ def top_k_mask(
     scores: [..., T] finite on candidates; candidate_mask: [..., T] bool. Returns bool [..., T].
     """
     check_ratio(ratio)
-    if candidate_mask.dtype != torch.bool or candidate_mask.shape != scores.shape:
-        raise ValueError(
-            f"candidate_mask must be bool with the shape of scores {tuple(scores.shape)}, "
-            f"got {candidate_mask.dtype} {tuple(candidate_mask.shape)}"
-        )
-    if not torch.isfinite(scores[candidate_mask]).all():
-        raise ValueError("scores must be finite on candidate tokens")
+    check_candidates(scores, candidate_mask)
     fill = float("-inf") if largest else float("inf")
     key = scores.masked_fill(~candidate_mask, fill)  # [..., T]: non-candidates sort last
     order = key.sort(dim=-1, descending=largest, stable=True).indices  # [..., T]

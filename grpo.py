@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from config import ADV_CLIP, AGGREGATIONS, CLIP_EPS, DUAL_CLIP
+from config import ADV_CLIP, CLIP_EPS, DUAL_CLIP
+from guards import check_logprob_inputs, check_loss_inputs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,8 +106,8 @@ def policy_loss(
     token_logprobs: pass align(gamma) and align(response_mask)); advantages: [B].
     Positions outside response_mask contribute nothing, whatever logp holds there.
     """
-    _check_loss_inputs(logp, old_logp, advantages, gamma, response_mask, clip_eps, dual_clip,
-                       aggregation)
+    check_loss_inputs(logp, old_logp, advantages, gamma, response_mask, clip_eps, dual_clip,
+                      aggregation)
     mask = response_mask.bool()                                       # [B, L]
     m = mask.float()
     n_tok = m.sum(dim=1)                                              # [B] N_i
@@ -133,33 +134,6 @@ def policy_loss(
     else:
         objective = per_token.sum() / n_tok.sum().clamp(min=1)
     return -objective, _loss_stats(r, adv, dual, gamma, mask, clip_eps)
-
-
-def _check_loss_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, gamma: Tensor,
-                       response_mask: Tensor, clip_eps: float, dual_clip: float | None,
-                       aggregation: str) -> None:
-    """policy_loss's arguments: shapes [B, L] and [B], ranges, finite advantages and gamma."""
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be 'seq-mean' or 'token-mean', got {aggregation!r}")
-    if logp.dim() != 2:
-        raise ValueError(f"logp must be [B, L], got shape {tuple(logp.shape)}")
-    named = {"old_logp": old_logp, "gamma": gamma, "response_mask": response_mask}
-    for name, x in named.items():
-        if x.shape != logp.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(x.shape)} but logp has {tuple(logp.shape)}; "
-                "token_logprobs returns [B, T-1], so align [B, T] masks and gamma with [:, 1:] "
-                "(grpo.align)")
-    if advantages.shape != logp.shape[:1]:
-        raise ValueError(f"advantages must be [B] = [{logp.shape[0]}], "
-                         f"got shape {tuple(advantages.shape)}")
-    if not 0 < clip_eps < 1:
-        raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps}")
-    if dual_clip is not None and dual_clip <= 1:
-        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
-    mask = response_mask.bool()                                       # [B, L]
-    if not torch.isfinite(advantages).all() or not torch.isfinite(gamma[mask]).all():
-        raise ValueError("advantages or gamma contain NaN or inf")
 
 
 # How each statistic of policy_loss combines over micro-batches, optimizer steps and processes
@@ -253,19 +227,7 @@ def token_logprobs(
     handled.
     Values at padded positions are finite but meaningless: mask them.
     """
-    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
-        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask "
-                         f"{tuple(attention_mask.shape)} must both be [B, T]")
-    if input_ids.shape[1] < 2:
-        raise ValueError("need at least 2 positions to score a next token")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if getattr(model.config, "final_logit_softcapping", None):
-        raise ValueError("models with final logit softcapping are not supported "
-                         "(the LM head is applied directly)")
-
+    check_logprob_inputs(model, input_ids, attention_mask, temperature, chunk_size)
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=position_ids(attention_mask)).last_hidden_state
     # hidden: [B, T, H]

@@ -6,11 +6,18 @@ their first hour are caught before anything heavy starts.
                                         Ctrl-C -> one line, exit status 130
     check_model(name)                   a mistyped local --model fails at once (no hub retries)
     check_gpu(preset, model, presets)   a GPU preset on a machine without one says what to run
-    check_layers(model, layers)         --layers outside the model, named as the flag
     warn_unencodable(...)               prompts the tokenizer cannot spell (the tiny model's 64
                                         tokens) get a warning instead of silent <unk>s
 
 FLOWTRACER_TRACEBACK=1 turns the one-line messages back into tracebacks.
+
+The checks of the method's arguments live here too, so that flow.py and grpo.py read as the
+equations (one home for each check; skip them on a first read):
+    check_square, check_mask, check_dtype  flow.py's attention graph, its masks, the solve's dtype
+    check_ratio, check_gamma               eq. (6)'s ratio and gamma (the rules of --ratio, --gamma)
+    check_candidates                       the scores and candidates of flow.top_k_mask
+    check_loss_inputs                      grpo.policy_loss's arguments
+    check_logprob_inputs                   grpo.token_logprobs' arguments
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from config import ROOT
+from config import AGGREGATIONS, ROOT, gamma_ok, ratio_ok
 
 # The exceptions that mean "the input was wrong" here: bad values, files, folders or hub ids
 # (OSError covers FileNotFoundError and the hub's connection errors), a missing optional package.
@@ -97,16 +104,6 @@ def check_gpu(preset: str, model: str, presets: Mapping[str, dict]) -> None:
                      "and pass --model with a small local model")
 
 
-def check_layers(model, layers: Sequence[int] | None) -> list[int]:
-    """capture.resolve_layers, its error naming the flag."""
-    import capture  # torch and transformers: only for the commands that have a model loaded
-
-    try:
-        return capture.resolve_layers(model, layers)
-    except ValueError as e:
-        raise ValueError(f"--layers {','.join(map(str, layers or []))}: {e}") from None
-
-
 def unencodable(tokenizer, prompts: Sequence[str]) -> tuple[list[int], list[str]]:
     """(indices of the prompts that do not survive encode -> decode, the characters that do not)."""
     ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -134,3 +131,118 @@ def warn_unencodable(prog: str, tokenizer, sets: Mapping[str, Sequence], model: 
               f"the tokenizer of {model} (first: {examples[bad[0]].id}); it cannot spell "
               f"{shown}", file=sys.stderr)
     return warned
+
+
+# --------------------------------------------------------------------------------------------------
+# The method's arguments (flow.py, grpo.py): ValueError naming what is wrong
+
+
+def check_square(W, name: str) -> None:
+    """A real [..., T, T] matrix without negative entries (attention weights, and the graphs made of
+    them: a negative weight would make h, f and tau negative)."""
+    if W.dim() < 2 or W.shape[-1] != W.shape[-2]:
+        raise ValueError(f"{name} must be [..., T, T], got shape {tuple(W.shape)}")
+    if W.is_complex() or not W.is_floating_point():
+        raise ValueError(f"{name} must be a real floating tensor, got {W.dtype}")
+    if W.numel() and W.amin() < 0:  # one reduction over the matrix; NaN is caught by flow.trace
+        raise ValueError(f"{name} has negative entries (min {W.amin().item():.3g}): attention "
+                         "weights are >= 0")
+
+
+def check_mask(mask, W, name: str, nonempty: bool) -> None:
+    """A bool [..., T] mask of the [..., T, T] graph W; with nonempty, one token per sequence."""
+    import torch
+
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a bool tensor, got {mask.dtype}")
+    if mask.shape != W.shape[:-1]:
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(W.shape[:-1])}")
+    if nonempty:
+        empty = ~mask.any(-1)  # [...]
+        if empty.any():
+            where = "the sequence" if empty.dim() == 0 else "sequence(s) " + ", ".join(
+                str(idx[0] if len(idx) == 1 else tuple(idx))
+                for idx in empty.nonzero().tolist()[:10]
+            )
+            raise ValueError(
+                f"{name} is empty for {where}: flow needs at least one such token per sequence"
+            )
+
+
+def check_dtype(dtype) -> None:
+    """The flow solve runs in float32 or float64, never in bf16 (flow.py's Numerics)."""
+    import torch
+
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"the flow solve runs in float32 or float64, got {dtype}")
+
+
+def check_ratio(ratio: float) -> None:
+    """eq. (6)'s ratio must be in [0, 1] (config.ratio_ok, the rule --ratio is checked by)."""
+    if not ratio_ok(ratio):
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+
+
+def check_gamma(gamma: float) -> None:
+    """eq. (6)'s gamma must be finite and > 0 (config.gamma_ok, the rule of --gamma)."""
+    if not gamma_ok(float(gamma)):  # NaN fails too
+        raise ValueError(f"gamma must be finite and > 0, got {gamma}")
+
+
+def check_candidates(scores, candidate_mask) -> None:
+    """flow.top_k_mask's arguments: a bool mask of the scores' shape, finite scores on it."""
+    import torch
+
+    if candidate_mask.dtype != torch.bool or candidate_mask.shape != scores.shape:
+        raise ValueError(
+            f"candidate_mask must be bool with the shape of scores {tuple(scores.shape)}, "
+            f"got {candidate_mask.dtype} {tuple(candidate_mask.shape)}"
+        )
+    if not torch.isfinite(scores[candidate_mask]).all():
+        raise ValueError("scores must be finite on candidate tokens")
+
+
+def check_loss_inputs(logp, old_logp, advantages, gamma, response_mask, clip_eps: float,
+                      dual_clip: float | None, aggregation: str) -> None:
+    """grpo.policy_loss's arguments: shapes [B, L] and [B], ranges, finite advantages and gamma."""
+    import torch
+
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be 'seq-mean' or 'token-mean', got {aggregation!r}")
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [B, L], got shape {tuple(logp.shape)}")
+    named = {"old_logp": old_logp, "gamma": gamma, "response_mask": response_mask}
+    for name, x in named.items():
+        if x.shape != logp.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)} but logp has {tuple(logp.shape)}; "
+                "token_logprobs returns [B, T-1], so align [B, T] masks and gamma with [:, 1:] "
+                "(grpo.align)")
+    if advantages.shape != logp.shape[:1]:
+        raise ValueError(f"advantages must be [B] = [{logp.shape[0]}], "
+                         f"got shape {tuple(advantages.shape)}")
+    if not 0 < clip_eps < 1:
+        raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps}")
+    if dual_clip is not None and dual_clip <= 1:
+        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
+    mask = response_mask.bool()                                       # [B, L]
+    if not torch.isfinite(advantages).all() or not torch.isfinite(gamma[mask]).all():
+        raise ValueError("advantages or gamma contain NaN or inf")
+
+
+def check_logprob_inputs(model, input_ids, attention_mask, temperature: float,
+                         chunk_size: int) -> None:
+    """grpo.token_logprobs' arguments: [B, T] ids and mask with T >= 2, temperature > 0, a chunk of
+    at least one position, and a model whose LM head is applied directly (no logit softcapping)."""
+    if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)} and attention_mask "
+                         f"{tuple(attention_mask.shape)} must both be [B, T]")
+    if input_ids.shape[1] < 2:
+        raise ValueError("need at least 2 positions to score a next token")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ValueError("models with final logit softcapping are not supported "
+                         "(the LM head is applied directly)")

@@ -392,7 +392,7 @@ def save_checkpoint(accelerator: Accelerator, model, tokenizer, run: Run, record
     `records` + step.json (run.record, the config and the checksums of the other files), written to
     a temporary folder and renamed, so a kill never leaves a half-written checkpoint. Keeps the
     newest `keep` checkpoints (0: all), never the one just written. `model` is the prepared
-    train.Policy."""
+    harness.Policy."""
     out = run.out
     final = out / "checkpoints" / f"step-{step:06d}"
     tmp = out / "checkpoints" / f".tmp-step-{step:06d}"

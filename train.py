@@ -20,15 +20,16 @@ One step is one optimizer update (the paper's rollout batch is its global batch)
               flow.flow_credit: eqs. (1)-(4) and (6). Baselines: baselines.py.
   4. update   the gamma-weighted clipped surrogate of eq. (5) (grpo.policy_loss), accumulated over
               micro-batches, normalised over the whole global batch, one AdamW step.
-The model has one name per role: `lm` is the causal LM (generation, saving), `policy` the Policy
-around it (its forward gives log-probs), `wrapped` accelerate's wrapper of the policy (DDP, FSDP;
-the update calls it).
+The model has one name per role: `lm` is the causal LM (generation, saving), `policy` the
+harness.Policy around it (its forward gives log-probs, grpo.token_logprobs), `wrapped` accelerate's
+wrapper of the policy (DDP, FSDP; the update calls it).
 With several processes, DDP or FSDP2 (--sharding; distributed.py); the memory plan (memory.py) is
 printed at start, and a run predicted not to fit stops before the model is loaded.
 Held-out accuracy is measured greedily before training, every eval_every steps and at the end; the
 run prints `held-out accuracy: BEFORE -> AFTER` and leaves metrics.jsonl, curves.png and checkpoints
-in the run folder (runs.py). The configuration and presets are in config.py; loading the model and
-the data, the held-out accuracy and the timer are harness.py's (skip it on a first read).
+in the run folder (runs.py). The configuration and presets are in config.py; the run around the
+step (harness.train), loading the model and the data, the held-out accuracy and the timer are
+harness.py's (skip it on a first read).
 """
 
 from __future__ import annotations
@@ -40,44 +41,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 import credit
-import data
 import distributed
 import grpo
 import guards
 import harness
 import memory
-import metrics
 import models
 import rewards
 import rollout
 import runs
 from config import PRESETS, ROOT, Config, parse_args, validate  # noqa: F401
 from dataspec import Example, render_prompt
-
-# --------------------------------------------------------------------------------------------------
-# The policy: the causal LM behind one forward that returns log-probs
-
-
-class Policy(torch.nn.Module):
-    """The causal LM behind one forward that returns per-token log-probs ([B, T-1]).
-
-    accelerate wraps THIS module (DDP, FSDP, ...), so the gradient synchronisation sees the chunked
-    log-prob computation (grpo.token_logprobs) as the model's forward; generation and saving use
-    `lm`.
-    """
-
-    def __init__(self, lm: torch.nn.Module, temperature: float):
-        super().__init__()
-        self.lm, self.temperature = lm, temperature
-        self._no_split_modules = lm._no_split_modules  # FSDP's units: one per decoder layer
-
-    def forward(self, input_ids, attention_mask):
-        return grpo.token_logprobs(self.lm, input_ids, attention_mask, self.temperature)
-
 
 # --------------------------------------------------------------------------------------------------
 # One step: sample -> score and filter -> credit -> update
@@ -149,26 +125,6 @@ def score_and_filter(cfg: Config, ro: rollout.Rollout, examples: list[Example], 
     sums = {"reward": float(reward.sum()), "n": len(reward), "kept": float(keep.sum()),
             "response_len": float(ro.lengths.sum()), "truncated": float((~finished).sum())}
     return advantages, keep, sums
-
-
-def why_nothing_kept(cfg: Config, record: dict, unspellable: bool = False) -> str:
-    """Why a step kept no sample (score_and_filter's filters), from its record's shares."""
-    n, why = record["samples"], []
-    cut = round(record["truncated"] * n) if cfg.drop_truncated else 0
-    if cut:
-        why.append(f"{cut} were cut off at --max-new-tokens {cfg.max_new_tokens} before an "
-                   "end-of-sequence token")
-    if cut < n:
-        band = f"[--min-difficulty {cfg.min_difficulty}, --max-difficulty {cfg.max_difficulty}]"
-        if record["reward"] in (0.0, 1.0):
-            why.append(f"every response scored {record['reward']:g}, so no group's rewards vary "
-                       f"(its mean reward is outside {band})")
-        else:
-            why.append(f"no group's mean reward lies within {band}: each is too hard or too "
-                       "easy")
-    if unspellable:
-        why.append("the prompts the tokenizer cannot spell (warned above) reach the model garbled")
-    return "; ".join(why)
 
 
 def credit_batch(cfg: Config, ro: rollout.Rollout, keep: torch.Tensor, advantages: torch.Tensor,
@@ -334,84 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
         distributed.shut_down(accelerator)
         return result
     with runs.guarded(accelerator, run):  # a failed start leaves nothing; Ctrl-C: how to go on
-        return train(cfg, accelerator, run, plan)
-
-
-def train(cfg: Config, accelerator: Accelerator, run: runs.Run, plan: memory.Plan) -> dict:
-    """The run main has opened: load data and model, begin the run folder, train, finish."""
-    out = run.out
-    accelerator.print(memory.report(cfg, plan))
-    if cfg.prompts_per_step % accelerator.num_processes:
-        raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the "
-                         f"number of processes ({accelerator.num_processes})")
-    set_seed(cfg.seed, device_specific=True)
-
-    # data first: a broken file fails in a second, before the model loads
-    eval_examples = harness.held_out_examples(cfg)
-    train_examples = data.without_overlap(harness.training_examples(cfg), eval_examples)
-    kinds = {e.kind for e in train_examples}
-    if len(kinds) != 1:
-        raise SystemExit(f"{cfg.data}: training examples mix reward kinds {sorted(kinds)}")
-    # FSDP moves each process's shards to its device itself: the whole model never lands there
-    lm, tokenizer = harness.load_for_training(cfg, torch.device("cpu") if accelerator.is_fsdp2
-                                              else accelerator.device)
-    unspellable = accelerator.is_main_process and guards.warn_unencodable(
-        "train.py", tokenizer, {cfg.data: train_examples, cfg.eval_data: eval_examples}, cfg.model)
-    runs.begin(accelerator, run)  # config.json, run.json: the folder is this run's now
-    policy = Policy(lm, cfg.temperature)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.warmup_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    wrapped, optimizer = distributed.prepare(accelerator, policy, optimizer)
-    # not prepared: accelerate would step it once per process
-    accelerator.register_for_checkpointing(scheduler)
-
-    if run.checkpoint is not None:
-        runs.load_checkpoint(accelerator, run)
-        # a --lr accepted on --resume applies
-        harness.set_optimizer_flags(cfg, optimizer, scheduler)
-    log = metrics.MetricsLog(out, run.metrics, accelerator.is_main_process)
-    if run.before is None:  # a new run: the held-out accuracy before RL, kept with the run
-        run.measured(0, harness.held_out_accuracy(cfg, accelerator, wrapped, tokenizer,
-                                                  eval_examples))
-        log.write({"step": 0, "eval_accuracy": run.before})
-    bar = tqdm(range(run.start, cfg.steps), desc="train", disable=not accelerator.is_main_process,
-               dynamic_ncols=True, initial=run.start, total=cfg.steps)  # a resumed run counts on
-    said_why = False
-    for step in bar:
-        record = train_step(cfg, accelerator, wrapped, optimizer, tokenizer, train_examples, step)
-        record["lr"] = optimizer.param_groups[0]["lr"]  # the step's learning rate
-        if not record.get("skipped"):  # the schedule counts updates
-            scheduler.step()
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            accuracy = harness.held_out_accuracy(cfg, accelerator, wrapped, tokenizer,
-                                                 eval_examples)
-            record["eval_accuracy"] = run.measured(done, accuracy)
-        log.write(record)
-        skipped = sum(1 for r in log.records if r.get("skipped"))
-        if record.get("skipped") and not said_why and accelerator.is_main_process:
-            said_why = True  # the first step that trains on nothing says why
-            tqdm.write(f"train.py: warning: step {done} kept 0 of {record['samples']} samples and "
-                       f"made no update: {why_nothing_kept(cfg, record, unspellable)}",
-                       file=sys.stderr)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{run.accuracy:.3f}",
-                        **({"skipped": skipped} if skipped else {}))
-        if cfg.save_every and (done % cfg.save_every == 0 or done == cfg.steps):
-            runs.save_checkpoint(accelerator, wrapped, tokenizer, run, log.records, done,
-                                 cfg.keep_checkpoints)
-    bar.close()
-    if accelerator.is_main_process:
-        metrics.plot(log.records, out / "curves.png", cfg.plot_ema)
-        skipped = sum(1 for r in log.records if r.get("skipped"))
-        if 2 * skipped > cfg.steps:  # all or most of the steps: the run trained on nothing
-            print(f"train.py: warning: {skipped} of {cfg.steps} steps kept no sample and made no "
-                  "update" + (": the model is the one the run started from" if skipped == cfg.steps
-                              else ""), file=sys.stderr)
-    result = runs.finish(accelerator, run)  # run.json: finished; the closing lines; the lock goes
-    del wrapped, optimizer, policy
-    distributed.shut_down(accelerator)
-    return result
+        # load, begin the run folder, then train_step for each step; evaluate, log, save, finish
+        return harness.train(cfg, accelerator, run, plan, train_step)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ def measure(shape: dict | None, run: dict, prompt: int, new: int, sharding: str,
     from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
 
     import distributed
+    import harness
     import memory
     import models
     import rollout
@@ -191,7 +192,7 @@ def measure(shape: dict | None, run: dict, prompt: int, new: int, sharding: str,
     lm.generation_config.eos_token_id = 1
     if not accelerator.is_fsdp2:
         lm.to(accelerator.device)
-    policy = train.Policy(lm, cfg.temperature)
+    policy = harness.Policy(lm, cfg.temperature)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-5)
     model, optimizer = distributed.prepare(accelerator, policy, optimizer)
     plan = memory.plan(cfg, n, sharding, 1 << 40, "cuda" if cuda else "cpu",

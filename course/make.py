@@ -97,7 +97,7 @@ ASSIGNMENTS: tuple[Assignment, ...] = (
         title="Credit and the surrogate: eqs. (6), (10), (5)/(11)",
         modules=(
             Module("flow", A2_FLOW),
-            Module("grpo", A2_GRPO, keep=("_check_loss_inputs", "_loss_stats")),  # checks, stats
+            Module("grpo", A2_GRPO, keep=("_loss_stats",)),  # the statistics it returns
         ),
         submit=("answers.md",),
     ),

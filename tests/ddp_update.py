@@ -43,7 +43,7 @@ def main(out: str, aggregation: str, sharding: str, mini_batches: int) -> None:
               2: [torch.arange(13), torch.arange(13, 16)]}[accelerator.num_processes]
     shard = batch.rows(shards[accelerator.process_index])
 
-    policy = train.Policy(lm, temperature=1.0)
+    policy = harness.Policy(lm, temperature=1.0)
     model, optimizer = distributed.prepare(accelerator, policy,
                                            torch.optim.SGD(policy.parameters(), lr=1.0))
     stats = train.update(cfg, accelerator, model, optimizer, shard)

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import types
@@ -97,6 +98,23 @@ def test_readme_stays_short_and_the_user_docs_never_name_the_shared_folder():
     for path in [ROOT / "README.md", ROOT / "docs" / "data.md", ROOT / "docs" / "training.md"]:
         text = path.read_text()
         assert "../shared" not in text and "Developer note" not in text, path.name
+
+
+def test_the_readme_core_path_line_counts_are_true():
+    """The "Read the code" section (issue 21): each `file.py` (N ...) it names has N lines (as
+    `wc -l` counts them), the core path's table adds up to the total it states, in as many files.
+    Its counts once went stale when later merges grew train.py and grpo.py: nothing checked them."""
+    section = README[README.index("## Read the code"):]
+    section = section[:section.index("\n## ", 1)]
+    named = re.findall(r"`([\w/]+\.py)` \((\d[\d,]*)[:)]", section)
+    table = re.findall(r"^\| `([\w/]+\.py)` \((\d[\d,]*)\) \|", section, re.M)
+    assert len(table) >= 5 and len(named) > len(table), (table, named)
+    for name, count in named:
+        lines = (ROOT / name).read_text().count("\n")
+        assert int(count.replace(",", "")) == lines, f"README: {name} ({count}); wc -l: {lines}"
+    total, files = re.search(r"\(([\d,]+) lines in (\d+) files\)", section).groups()
+    assert int(total.replace(",", "")) == sum(int(c.replace(",", "")) for _, c in table)
+    assert int(files) == len(table) <= 6  # the issue's target: at most 6 files
 
 
 def test_the_readme_says_how_many_spreads_the_gains_are():
@@ -306,6 +324,31 @@ def test_other_known_errors_end_in_one_line(tmp_path, capsys, monkeypatch):
         guards.run("eval.py", ev.main, argv)
 
 
+def test_a_model_train_py_cannot_use_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    """issue 23: a tokenizer without a chat template and a model without SDPA attention are
+    refused as the other mistakes are, one `train.py: error:` line, leaving no run folder."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(TINY, model_dir)
+    (model_dir / "chat_template.jinja").unlink()
+    argv = ["--model", str(model_dir), "--out", str(tmp_path / "run")]
+    assert error_line("train.py", train.main, argv, capsys) == (
+        f"train.py: error: {model_dir}: the tokenizer has no chat template; use --template "
+        "fewshot (base models such as Llama-3.x) or a model folder whose tokenizer_config.json "
+        "holds one")
+    assert not (tmp_path / "run").exists()
+
+    def refuse(*args, **kwargs):
+        raise ValueError("XForCausalLM does not support an attention implementation through\n"
+                         "torch.nn.functional.scaled_dot_product_attention yet")
+
+    monkeypatch.setattr(harness.AutoModelForCausalLM, "from_pretrained", refuse)
+    assert error_line("train.py", train.main, ["--out", str(tmp_path / "run")], capsys) == (
+        f"train.py: error: {TINY}: cannot load with attn_implementation='sdpa', which the "
+        "attention capture of capture.py needs (XForCausalLM does not support an attention "
+        "implementation through torch.nn.functional.scaled_dot_product_attention yet)")
+    assert not (tmp_path / "run").exists()
+
+
 def test_prompts_the_tokenizer_cannot_spell_get_a_warning(capsys):
     tokenizer = AutoTokenizer.from_pretrained(TINY)
     examples = [dataspec.Example("Compute 3+4.", "7", id="x:1"), dataspec.Example("What is 3+4?", "7",
@@ -409,13 +452,13 @@ def test_checkpoints_store_tied_weights_once_and_resume_counts_on(tmp_path, capf
     assert not torch.equal(saved.model.embed_tokens.weight, start.model.embed_tokens.weight)
 
     bars = []
-    real_tqdm = train.tqdm
+    real_tqdm = harness.tqdm
 
     def spy(*args, **kwargs):
         bars.append(real_tqdm(*args, **kwargs))
         return bars[-1]
 
-    monkeypatch.setattr(train, "tqdm", spy)
+    monkeypatch.setattr(harness, "tqdm", spy)
     train.main(SMALL + ["--steps", "3", "--save-every", "1", "--eval-every", "100", "--out",
                         str(out), "--resume", "--allow-config-change"])  # a longer run
     assert "Removed shared tensor" not in capfd.readouterr().err

@@ -25,6 +25,7 @@ import capture
 import checkpoints
 import distributed
 import flow
+import harness
 import models
 import rollout
 import train
@@ -190,7 +191,7 @@ def test_one_flow_credited_update_on_the_real_model(smollm2):
     ro = teacher_forced(lm, tok, [PROMPT, PROMPT], [right, wrong])
     cfg = train.Config(credit="flow", micro_batch=2, lr=1e-5)
     accelerator = distributed.make_accelerator(bf16=False)
-    policy = train.Policy(lm, cfg.temperature)
+    policy = harness.Policy(lm, cfg.temperature)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     prepared, optimizer = distributed.prepare(accelerator, policy, optimizer)
     batch = train.credit_batch(cfg, ro, torch.ones(2, dtype=torch.bool), torch.tensor([1.0, -1.0]),

@@ -254,7 +254,7 @@ def test_model_without_chat_template_gets_a_clear_message(tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(ROOT / "tiny" / "qwen3-arith", model_dir)
     (model_dir / "chat_template.jinja").unlink()
-    with pytest.raises(SystemExit, match="no chat template.*--template fewshot"):
+    with pytest.raises(ValueError, match="no chat template.*--template fewshot"):
         train.main(SMALL + ["--model", str(model_dir), "--out", str(tmp_path / "run")])
 
 
@@ -264,7 +264,7 @@ def test_model_without_sdpa_gets_a_clear_message(tmp_path, monkeypatch):
                          "torch.nn.functional.scaled_dot_product_attention yet")
 
     monkeypatch.setattr(harness.AutoModelForCausalLM, "from_pretrained", refuse)
-    with pytest.raises(SystemExit, match="attn_implementation='sdpa'"):
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
         train.main(SMALL + ["--out", str(tmp_path)])
 
 
@@ -338,15 +338,15 @@ def test_why_nothing_was_kept_by_hand():
     cfg = train.Config()  # --min-difficulty 0.1, --max-difficulty 0.95, drop truncated
     band = "[--min-difficulty 0.1, --max-difficulty 0.95]"
     wrong = {"samples": 16, "reward": 0.0, "truncated": 0.0}
-    assert train.why_nothing_kept(cfg, wrong) == (
+    assert harness.why_nothing_kept(cfg, wrong) == (
         f"every response scored 0, so no group's rewards vary (its mean reward is outside {band})")
     mixed = {"samples": 16, "reward": 0.5, "truncated": 0.25}  # e.g. groups all 0 and all 1
-    assert train.why_nothing_kept(cfg, mixed, unspellable=True) == (
+    assert harness.why_nothing_kept(cfg, mixed, unspellable=True) == (
         "4 were cut off at --max-new-tokens 40 before an end-of-sequence token; no group's mean "
         f"reward lies within {band}: each is too hard or too easy; the prompts the tokenizer "
         "cannot spell (warned above) reach the model garbled")
     kept_cut = dataclasses.replace(cfg, drop_truncated=False)  # truncation is then no reason
-    assert train.why_nothing_kept(kept_cut, mixed).startswith("no group's mean reward")
+    assert harness.why_nothing_kept(kept_cut, mixed).startswith("no group's mean reward")
 
 
 def test_batch_cat_pads_and_rows_trims():
