@@ -136,16 +136,11 @@ def policy_loss(
     return -objective, _loss_stats(r, adv, dual, gamma, mask, clip_eps)
 
 
-# How each statistic of policy_loss combines over micro-batches, optimizer steps and processes
-# (distributed.combine): a mean over response tokens, weighted by each part's tokens, or a max.
-STATISTICS = {"clip_frac": "mean", "dual_clip_frac": "mean", "prob_ratio_mean": "mean",
-              "prob_ratio_max": "max", "gamma_mean": "mean"}
-
-
 @torch.no_grad()
 def _loss_stats(r: Tensor, adv: Tensor, dual: Tensor, gamma: Tensor, mask: Tensor,
                 clip_eps: float) -> dict[str, float]:
-    """Shares of clipped and dual-clipped response tokens, mean and max of r, mean gamma.
+    """Shares of clipped and dual-clipped response tokens, mean and max of r, mean gamma (each
+    combines over micro-batches and processes by its rule in metrics.STATISTICS).
 
     r, dual, gamma, mask: [B, L] (dual: where the dual-clip floor is active); adv: [B, 1].
     """

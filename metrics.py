@@ -1,4 +1,5 @@
-"""The metrics of a run: OUT/metrics.jsonl (and tensorboard when installed) and OUT/curves.png."""
+"""The metrics of a run: OUT/metrics.jsonl (and tensorboard when installed) and OUT/curves.png;
+how the step's statistics combine (STATISTICS)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 from runs import atomic_write, note
 
-
+# How each statistic of grpo.policy_loss combines over micro-batches, optimizer steps and processes
+# (distributed.combine): a mean over response tokens, weighted by each part's tokens, or a max.
+STATISTICS = {"clip_frac": "mean", "dual_clip_frac": "mean", "prob_ratio_mean": "mean",
+              "prob_ratio_max": "max", "gamma_mean": "mean"}
 
 
 class MetricsLog:

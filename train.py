@@ -48,6 +48,7 @@ import grpo
 import guards
 import harness
 import memory
+import metrics
 import models
 import rewards
 import rollout
@@ -155,7 +156,7 @@ def update(cfg: Config, accelerator: Accelerator, wrapped, optimizer, batch: Bat
     k-th step). One step (the default: the paper's global batch is the rollout batch) takes
     old_logp = logp, so r = 1 exactly and the clip of eq. (5) never acts; more steps read old_logp
     from one no-grad pass before the first (`old_logprobs`), so r moves and the clip acts.
-    The statistics combine by grpo.STATISTICS over every micro-batch of every step and process;
+    The statistics combine by metrics.STATISTICS over every micro-batch of every step and process;
     loss and grad_norm are means over the steps taken."""
     steps = cfg.mini_batches * cfg.ppo_epochs
     old_logp = None if steps == 1 else old_logprobs(cfg, accelerator, wrapped, batch)
@@ -170,7 +171,7 @@ def update(cfg: Config, accelerator: Accelerator, wrapped, optimizer, batch: Bat
         return {"skipped": 1.0}
     means = {k: sum(t[k] for t in taken) / len(taken) for k in ("loss", "grad_norm")}
     more = {} if steps == 1 else {"optimizer_steps": len(taken)}
-    return distributed.combine(accelerator, pieces, grpo.STATISTICS) | means | more
+    return distributed.combine(accelerator, pieces, metrics.STATISTICS) | means | more
 
 
 def old_logprobs(cfg: Config, accelerator: Accelerator, wrapped, batch: Batch) -> torch.Tensor:

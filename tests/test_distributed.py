@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import checkpoints
 import distributed
-import grpo
+import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 UPDATE = str(ROOT / "tests" / "ddp_update.py")
@@ -85,9 +85,9 @@ def assert_same_update(got: dict, want: dict, processes: int) -> None:
     for k in initial:
         torch.testing.assert_close(got["weights"][k], want["weights"][k], rtol=0, atol=1e-6)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
-    # issue 22: each statistic reduced by its own rule (grpo.STATISTICS) reads the same whatever
+    # issue 22: each statistic reduced by its own rule (metrics.STATISTICS) reads the same whatever
     # the processes; adding them made prob_ratio_max 1.25 with 2 processes at r = 1
-    for k in grpo.STATISTICS:
+    for k in metrics.STATISTICS:
         assert got["stats"][k] == pytest.approx(want["stats"][k], rel=1e-6), k
     assert got["stats"]["prob_ratio_max"] == 1.0 and got["stats"]["prob_ratio_mean"] == 1.0
     assert 1.0 < got["stats"]["gamma_mean"] < 1.5
@@ -153,7 +153,7 @@ def test_mini_batches_under_fsdp_equal_ddp_and_clip(tmp_path):
         torch.testing.assert_close(got["weights"][k], want["weights"][k], rtol=0, atol=1e-5)
     assert got["stats"]["optimizer_steps"] == want["stats"]["optimizer_steps"] == 2
     assert want["stats"]["clip_frac"] > 0 and want["stats"]["prob_ratio_max"] > 1.0  # r moved
-    for k in grpo.STATISTICS:
+    for k in metrics.STATISTICS:
         assert got["stats"][k] == pytest.approx(want["stats"][k], rel=1e-4, abs=1e-6), k
 
 
