@@ -27,8 +27,13 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config import AGGREGATIONS, ROOT, gamma_ok, ratio_ok
+
+if TYPE_CHECKING:  # every command imports guards first: torch loads only where a check runs
+    import torch
+    from torch import Tensor
 
 # The exceptions that mean "the input was wrong" here: bad values, files, folders or hub ids
 # (OSError covers FileNotFoundError and the hub's connection errors), a missing optional package.
@@ -137,7 +142,7 @@ def warn_unencodable(prog: str, tokenizer, sets: Mapping[str, Sequence], model: 
 # The method's arguments (flow.py, grpo.py): ValueError naming what is wrong
 
 
-def check_square(W, name: str) -> None:
+def check_square(W: Tensor, name: str) -> None:
     """A real [..., T, T] matrix without negative entries (attention weights, and the graphs made of
     them: a negative weight would make h, f and tau negative)."""
     if W.dim() < 2 or W.shape[-1] != W.shape[-2]:
@@ -149,7 +154,7 @@ def check_square(W, name: str) -> None:
                          "weights are >= 0")
 
 
-def check_mask(mask, W, name: str, nonempty: bool) -> None:
+def check_mask(mask: Tensor, W: Tensor, name: str, nonempty: bool) -> None:
     """A bool [..., T] mask of the [..., T, T] graph W; with nonempty, one token per sequence."""
     import torch
 
@@ -169,7 +174,7 @@ def check_mask(mask, W, name: str, nonempty: bool) -> None:
             )
 
 
-def check_dtype(dtype) -> None:
+def check_dtype(dtype: torch.dtype) -> None:
     """The flow solve runs in float32 or float64, never in bf16 (flow.py's Numerics)."""
     import torch
 
@@ -189,7 +194,7 @@ def check_gamma(gamma: float) -> None:
         raise ValueError(f"gamma must be finite and > 0, got {gamma}")
 
 
-def check_candidates(scores, candidate_mask) -> None:
+def check_candidates(scores: Tensor, candidate_mask: Tensor) -> None:
     """flow.top_k_mask's arguments: a bool mask of the scores' shape, finite scores on it."""
     import torch
 
@@ -202,8 +207,9 @@ def check_candidates(scores, candidate_mask) -> None:
         raise ValueError("scores must be finite on candidate tokens")
 
 
-def check_loss_inputs(logp, old_logp, advantages, gamma, response_mask, clip_eps: float,
-                      dual_clip: float | None, aggregation: str) -> None:
+def check_loss_inputs(logp: Tensor, old_logp: Tensor, advantages: Tensor, gamma: Tensor,
+                      response_mask: Tensor, clip_eps: float, dual_clip: float | None,
+                      aggregation: str) -> None:
     """grpo.policy_loss's arguments: shapes [B, L] and [B], ranges, finite advantages and gamma."""
     import torch
 
@@ -230,8 +236,8 @@ def check_loss_inputs(logp, old_logp, advantages, gamma, response_mask, clip_eps
         raise ValueError("advantages or gamma contain NaN or inf")
 
 
-def check_logprob_inputs(model, input_ids, attention_mask, temperature: float,
-                         chunk_size: int) -> None:
+def check_logprob_inputs(model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                         temperature: float, chunk_size: int) -> None:
     """grpo.token_logprobs' arguments: [B, T] ids and mask with T >= 2, temperature > 0, a chunk of
     at least one position, and a model whose LM head is applied directly (no logit softcapping)."""
     if input_ids.dim() != 2 or input_ids.shape != attention_mask.shape:
