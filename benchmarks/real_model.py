@@ -2,7 +2,8 @@
 ran).
 
     python benchmarks/real_model.py --table1 runs/table1/progress.jsonl \
-        [--bands runs/bands.json] [--band-table1 BAND=PROGRESS ...] [--steps NAME=RUN_DIR ...]
+        [--bands runs/bands.json] [--band-table1 BAND=PROGRESS ...] [--table1-none PROGRESS]
+        [--steps NAME=RUN_DIR ...]
         [--memory runs/memory.json]
 
 --table1: the progress file of `analyze.py intervene --progress` (finished batches only, so a run
@@ -11,7 +12,9 @@ checks read them): table1.high / .random / .low / .recent, each {rate, lo, hi, n
 rate with its 95% Wilson interval over n compared responses; table1_reversal the same for
 correctness reversals (over responses with a gold); table1_run: problems sampled, done, boxed,
 skipped. --bands: `analyze.py bands --json`. --band-table1 BAND=PROGRESS: a band's high-flow
-blocking (`intervene --layers ... --conditions high --progress`). --steps NAME=RUN_DIR: a train.py
+blocking (`intervene --layers ... --conditions high --progress`). --table1-none: the `none` control
+(`intervene --conditions none --progress`, nothing blocked: truncating and resampling alone), key
+table1_none {rate, lo, hi, n, done}. --steps NAME=RUN_DIR: a train.py
 run's time per phase (metrics.jsonl). --memory: `benchmarks/memory_check.py --json` of the smollm2
 configurations (key memory: the memory plan against measured peaks). Keys already in --out and not
 given now are kept.
@@ -94,6 +97,7 @@ def main(argv=None) -> None:
     ap.add_argument("--table1", type=Path)
     ap.add_argument("--bands", type=Path)
     ap.add_argument("--band-table1", nargs="+", default=[])
+    ap.add_argument("--table1-none", type=Path)
     ap.add_argument("--steps", nargs="+", default=[])
     ap.add_argument("--memory", type=Path)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "real_model.json")
@@ -105,6 +109,9 @@ def main(argv=None) -> None:
         result["bands"] = json.loads(args.bands.read_text())
     if args.band_table1:
         result["bands_table1_high"] = band_table1(args.band_table1)
+    if args.table1_none:
+        t = table1(args.table1_none)
+        result["table1_none"] = t["table1"]["none"] | {"done": t["table1_run"]["done"]}
     if args.steps:
         result["step_cost"] = step_costs(args.steps)
     if args.memory:
