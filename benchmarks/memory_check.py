@@ -71,6 +71,10 @@ CONFIGS |= {
     "smollm2-fsdp2": SMOLLM2 | dict(processes=2, sharding="fsdp"),
     "smollm2-fsdp2-bf16": SMOLLM2 | dict(run=SMOLLM2["run"] | dict(bf16=True), processes=2,
                                          sharding="fsdp"),
+    # two micro-batches per update, as the presets run: from the second on, the gradients exist
+    # during the forward (with one micro-batch they are built during the backward)
+    "smollm2-accum": SMOLLM2 | dict(run=SMOLLM2["run"] | dict(generation_batch=2), processes=1,
+                                    sharding="ddp"),
 }
 PHASES = ("gathered", "sample", "credit", "update", "evaluate")
 

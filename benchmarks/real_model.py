@@ -16,7 +16,8 @@ blocking (`intervene --layers ... --conditions high --progress`). --table1-none:
 (`intervene --conditions none --progress`, nothing blocked: truncating and resampling alone), key
 table1_none {rate, lo, hi, n, done}. --steps NAME=RUN_DIR: a train.py
 run's time per phase (metrics.jsonl). --memory: `benchmarks/memory_check.py --json` of the smollm2
-configurations (key memory: the memory plan against measured peaks). Keys already in --out and not
+configurations (key memory: the memory plan against measured peaks, per configuration; a later
+file adds its configurations to those already there). Keys already in --out and not
 given now are kept.
 """
 
@@ -115,7 +116,7 @@ def main(argv=None) -> None:
     if args.steps:
         result["step_cost"] = step_costs(args.steps)
     if args.memory:
-        result["memory"] = json.loads(args.memory.read_text())
+        result["memory"] = result.get("memory", {}) | json.loads(args.memory.read_text())
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("table1",) if k in result}, indent=1))
 

@@ -73,3 +73,15 @@ def test_main_adds_the_none_control_and_keeps_the_other_keys(tmp_path):
     assert got["memory"] == {"kept": True}
     assert got["table1_none"]["n"] == 3 and got["table1_none"]["done"] == 3
     assert got["table1_none"]["rate"] == pytest.approx(2 / 3)
+
+
+def test_memory_files_add_their_configurations(tmp_path):
+    out = tmp_path / "real_model.json"
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"smollm2": {"seconds": 1}, "smollm2-bf16": {"seconds": 2}}))
+    second.write_text(json.dumps({"smollm2": {"seconds": 3}, "smollm2-accum": {"seconds": 4}}))
+    real_model.main(["--memory", str(first), "--out", str(out)])
+    real_model.main(["--memory", str(second), "--out", str(out)])
+    got = json.loads(out.read_text())["memory"]
+    assert got == {"smollm2": {"seconds": 3}, "smollm2-bf16": {"seconds": 2},
+                   "smollm2-accum": {"seconds": 4}}
