@@ -14,11 +14,10 @@ correctness reversals (over responses with a gold); table1_run: problems sampled
 skipped. --bands: `analyze.py bands --json`. --band-table1 BAND=PROGRESS: a band's high-flow
 blocking (`intervene --layers ... --conditions high --progress`). --table1-none: the `none` control
 (`intervene --conditions none --progress`, nothing blocked: truncating and resampling alone), key
-table1_none {rate, lo, hi, n, done}. --steps NAME=RUN_DIR: a train.py
-run's time per phase (metrics.jsonl). --memory: `benchmarks/memory_check.py --json` of the smollm2
-configurations (key memory: the memory plan against measured peaks, per configuration; a later
-file adds its configurations to those already there). Keys already in --out and not
-given now are kept.
+table1_none {rate, lo, hi, n, done}. --steps NAME=RUN_DIR: a train.py run's time per phase
+(metrics.jsonl). --memory: `benchmarks/memory_check.py --json` of the smollm2 configurations (key
+memory: the memory plan against measured peaks, per configuration; a later file adds its
+configurations to those already there). Keys already in --out and not given now are kept.
 """
 
 from __future__ import annotations
@@ -66,13 +65,18 @@ def table1(progress: Path) -> dict:
     }
 
 
+def condition_rate(run: dict, condition: str) -> dict:
+    """One condition of a table1() result, with the problems its run did: for the runs of a single
+    condition (a band's high-flow blocking, the none control)."""
+    return run["table1"][condition] | {"done": run["table1_run"]["done"]}
+
+
 def band_table1(specs: list[str]) -> dict:
     out = {}
     for spec in specs:
         band, path = spec.split("=", 1)
         t = table1(Path(path))
-        out[band] = t["table1"]["high"] | {"done": t["table1_run"]["done"],
-                                           "layers": t["table1_run"]["settings"]["layers"]}
+        out[band] = condition_rate(t, "high") | {"layers": t["table1_run"]["settings"]["layers"]}
     return out
 
 
@@ -111,8 +115,7 @@ def main(argv=None) -> None:
     if args.band_table1:
         result["bands_table1_high"] = band_table1(args.band_table1)
     if args.table1_none:
-        t = table1(args.table1_none)
-        result["table1_none"] = t["table1"]["none"] | {"done": t["table1_run"]["done"]}
+        result["table1_none"] = condition_rate(table1(args.table1_none), "none")
     if args.steps:
         result["step_cost"] = step_costs(args.steps)
     if args.memory:

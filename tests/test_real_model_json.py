@@ -1,4 +1,5 @@
-"""benchmarks/real_model.py: docs/real_model.json from hand-made intervene progress files (no model)."""
+"""benchmarks/real_model.py: docs/real_model.json from hand-made intervene progress files
+(no model)."""
 
 import importlib.util
 import json
@@ -49,7 +50,8 @@ def test_table1_pools_the_batches_with_wilson_intervals(tmp_path):
     reversal = out["table1_reversal"]["high"]  # over the responses with a gold
     assert (reversal["rate"], reversal["n"], reversal["broke"]) == (1.0, 1, 1)
     run = out["table1_run"]
-    assert (run["done"], run["finished"], run["skipped_no_box"], run["seconds"]) == (3, True, 1, 15.0)
+    assert (run["done"], run["finished"]) == (3, True)
+    assert (run["skipped_no_box"], run["seconds"]) == (1, 15.0)
     assert run["boxed"]["rate"] == pytest.approx(2 / 3)
 
 
